@@ -1,0 +1,123 @@
+"""The strict msgpack profile (SPEC.md §5).
+
+Every msgpack object we receive is decoded with ``unpackb`` over exactly its own bytes, so
+msgpack-python caps every container length at the input length and nothing is allocated
+beyond what arrived.  On top of that we reject what the profile forbids: ext types (the
+timestamp type -1 bypasses ``ext_hook``, hence the tree walk), duplicate map keys, non-str
+map keys, invalid UTF-8, nesting deeper than ``MAX_DEPTH`` and trailing bytes.
+
+The canonical encoding (used for everything that is signed, SPEC.md §5.3) sorts map keys
+bytewise and forbids floats; msgpack-python already emits the shortest form of every int and
+length.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+
+from ._errors import LocalProtocolError, MalformedMessage
+
+__all__ = ["MAX_DEPTH", "decode_strict", "encode", "encode_canonical"]
+
+#: Deepest nesting a received object may have (SPEC.md §5.1).  Our own messages need 6;
+#: msgpack-python's own recursion limit is 1024.
+MAX_DEPTH = 32
+
+_ALLOWED = (type(None), bool, int, float, str, bytes, list, dict)
+
+
+def _reject_duplicates(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise MalformedMessage("duplicate map key")
+    return out
+
+
+def _reject_ext(code: int, data: bytes) -> Any:
+    raise MalformedMessage(f"ext type {code} is not allowed")
+
+
+def _check_tree(obj: object, depth: int) -> None:
+    if type(obj) not in _ALLOWED:
+        raise MalformedMessage(f"type {type(obj).__name__} is not allowed")
+    if depth > MAX_DEPTH:
+        raise MalformedMessage(f"nesting deeper than {MAX_DEPTH}")
+    if isinstance(obj, list):
+        for item in obj:
+            _check_tree(item, depth + 1)
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            if type(key) is not str:
+                raise MalformedMessage("map keys must be strings")
+            _check_tree(value, depth + 1)
+
+
+def decode_strict(data: bytes | bytearray | memoryview) -> Any:
+    """Decode one msgpack object under the strict profile.
+
+    Args:
+        data: exactly the bytes of one object.
+
+    Returns:
+        The decoded object (``None``, ``bool``, ``int``, ``float``, ``str``, ``bytes``,
+        ``list`` or ``dict`` with ``str`` keys).
+
+    Raises:
+        MalformedMessage: the bytes are not one object of the profile.
+    """
+    try:
+        obj = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
+            object_pairs_hook=_reject_duplicates,
+            ext_hook=_reject_ext,
+        )
+    except MalformedMessage:
+        raise
+    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
+            msgpack.StackError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise MalformedMessage(f"invalid msgpack: {exc}") from exc
+    _check_tree(obj, 0)
+    return obj
+
+
+def encode(obj: object) -> bytes:
+    """Encode ``obj`` for the wire.
+
+    Raises:
+        LocalProtocolError: ``obj`` holds something msgpack cannot carry.
+    """
+    try:
+        return msgpack.packb(obj, use_bin_type=True, strict_types=False)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise LocalProtocolError(f"cannot encode: {exc}") from exc
+
+
+def _canonical(obj: object) -> object:
+    if isinstance(obj, dict):
+        items = sorted(obj.items(), key=lambda kv: _key_bytes(kv[0]))
+        return {k: _canonical(v) for k, v in items}
+    if isinstance(obj, (list, tuple)):
+        return [_canonical(v) for v in obj]
+    if isinstance(obj, float):
+        raise LocalProtocolError("floats are not allowed in canonical encodings")
+    return obj
+
+
+def _key_bytes(key: object) -> bytes:
+    if not isinstance(key, str):
+        raise LocalProtocolError("canonical maps need str keys")
+    return key.encode()
+
+
+def encode_canonical(obj: object) -> bytes:
+    """Encode ``obj`` canonically: keys sorted bytewise, no floats (SPEC.md §5.3).
+
+    Raises:
+        LocalProtocolError: ``obj`` holds floats, non-str keys or unencodable values.
+    """
+    return encode(_canonical(obj))
