@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._node import AGENT, Node
 from ._peer import PeerConnection, StreamHandler
 from ._pool import ConnectionPool
 from ._rpc import CallContext, Router, RpcError, call
@@ -9,6 +10,8 @@ from ._stream import Stream, StreamReset
 from ._transport import connect, open_connection, serve_peers
 
 __all__ = [
+    "AGENT",
+    "Node",
     "CallContext",
     "ConnectionPool",
     "PeerConnection",

@@ -1,0 +1,1 @@
+"""Subcommands of ``petal``: each module has ``add_arguments(parser)`` and ``run(args)``."""
