@@ -1,0 +1,101 @@
+"""The shell over real loopback TCP."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import trio
+
+from petalproto.core import Address, Config, HandshakeFailed, PeerIdMismatch
+from petalproto.net import ConnectionPool, Node, call, open_connection
+
+from .conftest import make_identity
+
+
+async def test_dial_ping_and_observed_address(node: Node) -> None:
+    async with open_connection(node.address, make_identity()) as peer:
+        assert peer.peer_id == node.identity.peer_id
+        answer = await call(peer, "ping", {})
+        assert answer["agent"].startswith("petalproto/")
+        assert answer["observed"][0] == "127.0.0.1"
+
+
+async def test_dialling_the_wrong_peer_aborts(node: Node) -> None:
+    wrong = Address(make_identity().peer_id, node.address.host, node.address.port)
+    with pytest.raises(PeerIdMismatch):
+        async with open_connection(wrong, make_identity()):
+            pass  # pragma: no cover
+    # The node keeps serving.
+    async with open_connection(node.address, make_identity()) as peer:
+        assert (await call(peer, "ping", {}))["agent"]
+
+
+async def test_pool_reuses_one_connection_per_peer(node: Node) -> None:
+    async with trio.open_nursery() as nursery:
+        pool = ConnectionPool(nursery, make_identity())
+        first = await pool.get(node.address)
+        async with trio.open_nursery() as calls:
+            for _ in range(20):
+                calls.start_soon(pool.call, node.address, "ping", {})
+        assert await pool.get(node.address) is first
+        assert len(pool) == 1
+        await pool.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def _garbage(port: int, junk: bytes) -> None:
+    with trio.move_on_after(5):
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        try:
+            await stream.send_all(junk)
+            while await stream.receive_some(4096):
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            await stream.aclose()
+
+
+@pytest.mark.slow
+async def test_garbage_flood_does_not_stop_a_good_client(node: Node) -> None:
+    identity = make_identity()
+    junks = [os.urandom(n) for n in (1, 2, 31, 32, 33, 100, 4096, 70_000)]
+    junks += [b"\x00\x20" + os.urandom(32), b"\xff\xff" + os.urandom(65535), b"\x00\x00"]
+    async with open_connection(node.address, identity) as peer, trio.open_nursery() as flood:
+        for i in range(60):
+            flood.start_soon(_garbage, node.address.port, junks[i % len(junks)])
+        for _ in range(30):
+            assert (await call(peer, "ping", {}, timeout=5))["agent"]
+            await trio.sleep(0.01)
+
+
+async def test_silent_tcp_client_is_cut_at_the_handshake_timeout() -> None:
+    config = Config(handshake_timeout=0.3)
+    async with trio.open_nursery() as nursery:
+        node: Node = await nursery.start(Node(make_identity(), config=config).run)
+        stream = await trio.open_tcp_stream("127.0.0.1", node.address.port)
+        with trio.fail_after(3):
+            assert await stream.receive_some(100) == b""
+        await stream.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_connection_limit_refuses_extra_connections() -> None:
+    async with trio.open_nursery() as nursery:
+        node: Node = await nursery.start(Node(make_identity(), max_connections=2).run)
+        async with open_connection(node.address, make_identity()), \
+                open_connection(node.address, make_identity()):
+            with pytest.raises((HandshakeFailed, trio.BrokenResourceError, OSError)):
+                async with open_connection(node.address, make_identity(), connect_timeout=2):
+                    pass  # pragma: no cover
+        # Once the first two are gone, new peers are welcome again.
+        with trio.fail_after(3):
+            while True:
+                try:
+                    async with open_connection(node.address, make_identity()) as peer:
+                        assert await call(peer, "ping", {})
+                        break
+                except (trio.BrokenResourceError, OSError):
+                    await trio.sleep(0.05)
+        nursery.cancel_scope.cancel()
