@@ -45,7 +45,7 @@ __all__ = ["PeerConnection", "StreamHandler"]
 log = logging.getLogger("petalproto.net")
 
 #: How much we read from the socket at once: four full Noise messages.
-MAX_RECV = 4 * 65537
+MAX_RECV = 1 << 20
 
 StreamHandler = Callable[[Stream], Awaitable[None]]
 
@@ -74,6 +74,7 @@ class PeerConnection:
         self._closed = trio.Event()
         self._pings: dict[bytes, tuple[float, trio.Event]] = {}
         self._nursery: trio.Nursery | None = None
+        self._early: list[Event] = []
         self.close_reason: ConnectionClosed | None = None
         self.last_used = 0.0
 
@@ -115,6 +116,10 @@ class PeerConnection:
             task_status.started()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                # Frames that arrived with the last handshake message (SPEC.md §6.3).
+                for event in self._early:
+                    self._dispatch(event)
+                self._early.clear()
                 nursery.start_soon(self._timer_loop)
                 nursery.start_soon(self._read_loop)
         finally:
@@ -127,8 +132,7 @@ class PeerConnection:
             data = await self._stream.receive_some(MAX_RECV)
             events = self._conn.receive_data(data, trio.current_time())
             await self._flush()
-            for event in events:
-                self._dispatch(event)
+            self._early.extend(events)
 
     async def _read_loop(self) -> None:
         while not self._closed.is_set():

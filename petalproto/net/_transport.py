@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -121,11 +122,10 @@ async def serve_peers(
             await tcp.aclose()
             return
         limiter.active += 1
+        remote = None
         try:
-            try:
+            with contextlib.suppress(OSError):
                 remote = tcp.socket.getpeername()[:2]
-            except OSError:
-                remote = None
             conn = Connection(Role.RESPONDER, identity=identity, random_bytes=os.urandom,
                               config=config)
             peer = PeerConnection(tcp, conn, handler=handler, remote=remote)
@@ -138,6 +138,9 @@ async def serve_peers(
                     return
                 if on_connection is not None:
                     nursery.start_soon(on_connection, peer)
+        except Exception:
+            # One connection must never take the listener down with it.
+            log.exception("connection from %s failed", remote)
         finally:
             limiter.active -= 1
 

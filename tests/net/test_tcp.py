@@ -99,3 +99,26 @@ async def test_connection_limit_refuses_extra_connections() -> None:
                 except (trio.BrokenResourceError, OSError):
                     await trio.sleep(0.05)
         nursery.cancel_scope.cancel()
+
+
+async def test_frames_pipelined_with_the_last_handshake_message(node: Node) -> None:
+    """The initiator may send frames in the same segment as message 3 (SPEC.md §6.3)."""
+    from petalproto.core import Connection, HandshakeCompleted, Message, Open, Role
+
+    conn = Connection(Role.INITIATOR, identity=make_identity(), random_bytes=os.urandom)
+    conn.start(0.0)
+    tcp = await trio.open_tcp_stream(node.address.host, node.address.port)
+    await tcp.send_all(conn.data_to_send())
+    events: list[object] = []
+    while not any(isinstance(e, HandshakeCompleted) for e in events):
+        events += conn.receive_data(await tcp.receive_some(65536), 0.0)
+    stream_id = conn.next_stream_id()
+    conn.send(Open(stream_id=stream_id, method="ping"), 0.0)
+    conn.send(Message(stream_id=stream_id, body={}, end_stream=True), 0.0)
+    await tcp.send_all(conn.data_to_send())  # message 3 and the call, in one write
+    with trio.fail_after(5):
+        while not any(isinstance(e, Message) for e in events):
+            events += conn.receive_data(await tcp.receive_some(65536), 0.0)
+    reply = next(e for e in events if isinstance(e, Message))
+    assert reply.body["agent"].startswith("petalproto/")
+    await tcp.aclose()

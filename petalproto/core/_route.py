@@ -1,0 +1,130 @@
+"""Planning a chain of peers through a model's blocks (SPEC.md §13.6).
+
+Theory of operation
+-------------------
+Servers announce spans ``[start, end)`` of a model's blocks.  A chain is a sequence of spans
+whose boundaries meet: the first starts at block ``lo``, each next one starts where the
+previous ended, the last ends at ``hi``.  The graph's vertices are block boundaries and its
+edges are spans; the cost of an edge is the time one token spends there: the round trip to
+the peer plus the span's compute time (the inverse of its announced throughput), plus a
+caller-supplied jitter so that equal chains share the load.  Dijkstra's algorithm finds
+the cheapest chain.  Peers in backoff are left out; when no chain exists the error names the
+first block that nothing reachable covers.
+
+Pure functions over plain data: the caller measures latencies, tracks backoff and draws the
+jitter.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from ._address import Address
+from ._identity import PeerId
+
+__all__ = ["NoChain", "SpanInfo", "plan_chain"]
+
+#: Latency assumed for a peer we have not measured yet, in seconds.
+DEFAULT_LATENCY = 0.005
+#: Compute time assumed per token when a peer announces no throughput, in seconds.
+DEFAULT_STEP_TIME = 0.05
+
+
+class NoChain(LookupError):
+    """No chain of reachable spans covers the blocks.
+
+    Attributes:
+        missing: the block ranges ``(start, end)`` that no usable span reaches.
+    """
+
+    def __init__(self, model: str, missing: list[tuple[int, int]]) -> None:
+        ranges = ", ".join(f"{a}:{b}" for a, b in missing)
+        super().__init__(f"no peer serves blocks {ranges} of {model!r}")
+        self.model = model
+        self.missing = missing
+
+
+@dataclass(frozen=True, slots=True)
+class SpanInfo:
+    """One server's announcement: who serves which blocks of which model, how fast."""
+
+    address: Address
+    model: str
+    start: int
+    end: int
+    throughput: float = 0.0
+    cache_tokens_free: int | None = None
+    dtype: str = ""
+
+    @property
+    def peer_id(self) -> PeerId:
+        return self.address.peer_id
+
+
+def _cost(span: SpanInfo, latency: Mapping[PeerId, float], jitter: Mapping[PeerId, float]) -> float:
+    step = 1.0 / span.throughput if span.throughput > 0 else DEFAULT_STEP_TIME
+    return latency.get(span.peer_id, DEFAULT_LATENCY) + step + jitter.get(span.peer_id, 0.0)
+
+
+def plan_chain(
+    spans: Iterable[SpanInfo],
+    lo: int,
+    hi: int,
+    *,
+    model: str = "",
+    latency: Mapping[PeerId, float] | None = None,
+    avoid: Iterable[PeerId] = (),
+    jitter: Mapping[PeerId, float] | None = None,
+) -> list[SpanInfo]:
+    """The cheapest chain of spans from block ``lo`` to block ``hi``.
+
+    Args:
+        spans: announcements to choose from.
+        lo, hi: the blocks to cover, ``[lo, hi)``.
+        model: only for the error message.
+        latency: measured round-trip seconds per peer.
+        avoid: peers not to use (backoff, known failures).
+        jitter: extra cost per peer, drawn by the caller to spread load.
+
+    Returns:
+        Spans in block order; the first starts at ``lo``, the last ends at ``hi``.
+
+    Raises:
+        NoChain: the usable spans leave a gap.
+        ValueError: ``lo >= hi``.
+    """
+    if lo >= hi:
+        raise ValueError("need lo < hi")
+    banned = set(avoid)
+    by_start: dict[int, list[SpanInfo]] = {}
+    for span in spans:
+        if span.peer_id not in banned and lo <= span.start < span.end <= hi:
+            by_start.setdefault(span.start, []).append(span)
+    latency, jitter = latency or {}, jitter or {}
+    best: dict[int, float] = {lo: 0.0}
+    came: dict[int, SpanInfo] = {}
+    queue = [(0.0, lo)]
+    while queue:
+        cost, block = heapq.heappop(queue)
+        if block == hi:
+            break
+        if cost > best[block]:
+            continue
+        for span in by_start.get(block, ()):
+            total = cost + _cost(span, latency, jitter)
+            if total < best.get(span.end, float("inf")):
+                best[span.end] = total
+                came[span.end] = span
+                heapq.heappush(queue, (total, span.end))
+    if hi not in came:
+        reached = max(best)
+        raise NoChain(model, [(reached, hi)])
+    chain = []
+    block = hi
+    while block != lo:
+        span = came[block]
+        chain.append(span)
+        block = span.start
+    return chain[::-1]

@@ -1,0 +1,161 @@
+"""The serving side of inference (SPEC.md §13): ``peer.info``, ``inference.forward`` and
+``inference.session`` over a node's router.
+
+Torch work runs in worker threads (``trio.to_thread``) under a capacity limiter of one, so a
+span computes one step at a time while the event loop keeps serving the network.  Errors of
+the model code carry their wire codes (``_errors``); the router turns them into RESET.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import trio
+
+from petalproto.core import ErrorCode
+from petalproto.net import AGENT, CallContext, Router, RpcError, Stream
+
+from ._errors import PeerError
+from ._spans import SpanModel, SpanSession
+from ._tensors import tensor_from_wire, tensor_to_wire
+
+__all__ = ["PeerServer", "measure_throughput"]
+
+log = logging.getLogger("reference_peer.server")
+
+#: Largest tensor a request may carry, in bytes; messages are bounded by the stream window
+#: anyway (SPEC.md §8.5), this keeps a single tensor from taking all of it.
+MAX_TENSOR_BYTES = 64 << 20
+#: Longest session a client may ask for, in tokens.
+MAX_SESSION_LENGTH = 1 << 16
+
+
+@dataclass(frozen=True, slots=True)
+class _Span:
+    model: str
+    start: int
+    end: int
+
+
+def _require(body: Any, key: str, kind: type) -> Any:
+    if not isinstance(body, dict) or not isinstance(body.get(key), kind) or (
+        kind is int and isinstance(body.get(key), bool)
+    ):
+        raise RpcError(ErrorCode.BAD_REQUEST, f"{key!r} must be {kind.__name__}")
+    return body[key]
+
+
+def _tensor(body: dict[str, Any], key: str) -> torch.Tensor:
+    raw = body.get(key)
+    if not isinstance(raw, dict):
+        raise RpcError(ErrorCode.BAD_TENSOR, f"{key!r} must be a tensor map")
+    try:
+        return tensor_from_wire(raw, max_bytes=MAX_TENSOR_BYTES)
+    except PeerError as exc:
+        raise RpcError(exc.code, f"{key}: {exc}") from None
+
+
+def measure_throughput(span: SpanModel, *, steps: int = 3) -> float:
+    """Tokens per second of one-token forward passes through the span (announced)."""
+    hidden = torch.zeros(1, 1, span.hidden_size)
+    ones = torch.ones(1, 1, dtype=torch.long)
+    span.forward(hidden, ones, ones - 1)  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        span.forward(hidden, ones, ones - 1)
+    return steps / max(time.perf_counter() - start, 1e-9)
+
+
+class PeerServer:
+    """Serves one span of one model.
+
+    Args:
+        span: the loaded blocks.
+        model: the model's name on the wire (clients must name it).
+        throughput: announced tokens per second.
+    """
+
+    def __init__(self, span: SpanModel, model: str, *, throughput: float = 0.0) -> None:
+        self.span = span
+        self.model = model
+        self.throughput = throughput
+        self.limiter = trio.CapacityLimiter(1)
+        self.sessions = 0
+
+    def register(self, router: Router) -> None:
+        router.unary("peer.info", self._handle_info)
+        router.unary("inference.forward", self._handle_forward)
+        router.streaming("inference.session", self._handle_session)
+
+    def info(self) -> dict[str, Any]:
+        free = self.span.cache_free_bytes
+        per_token = self.span.cache_bytes_per_token if free is not None else 0
+        return {
+            "model": self.model,
+            "start": self.span.start,
+            "end": self.span.end,
+            "num_blocks": int(self.span.full_config.num_hidden_layers),
+            "dtype": str(self.span.dtype).removeprefix("torch."),
+            "device": self.span.device.type,
+            "sessions": self.sessions,
+            "max_sessions": self.span.max_sessions,
+            "cache_tokens_free": None if free is None else free // max(per_token, 1),
+            "throughput": round(self.throughput, 3),
+            "version": AGENT,
+        }
+
+    def _check_span(self, body: Any) -> None:
+        model = _require(body, "model", str)
+        start, end = _require(body, "start", int), _require(body, "end", int)
+        if model != self.model:
+            raise RpcError(ErrorCode.UNKNOWN_MODEL, f"this peer serves {self.model!r}")
+        if (start, end) != (self.span.start, self.span.end):
+            raise RpcError(ErrorCode.WRONG_SPAN,
+                           f"this peer serves blocks {self.span.start}:{self.span.end}")
+
+    async def _compute(self, fn: Any, *args: Any) -> Any:
+        try:
+            return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+        except PeerError as exc:
+            raise RpcError(exc.code, str(exc)) from None
+
+    async def _handle_info(self, ctx: CallContext, body: Any) -> Any:
+        if not isinstance(body, dict):
+            raise RpcError(ErrorCode.BAD_REQUEST, "peer.info takes a map")
+        return self.info()
+
+    async def _handle_forward(self, ctx: CallContext, body: Any) -> Any:
+        self._check_span(body)
+        hidden = _tensor(body, "hidden")
+        mask, positions = _tensor(body, "attention_mask"), _tensor(body, "position_ids")
+        out = await self._compute(self.span.forward, hidden, mask, positions)
+        return {"hidden": tensor_to_wire(out)}
+
+    async def _handle_session(self, ctx: CallContext, stream: Stream) -> None:
+        try:
+            opening = await stream.receive()
+        except trio.EndOfChannel:
+            return
+        self._check_span(opening)
+        batch = _require(opening, "batch", int)
+        max_length = _require(opening, "max_length", int)
+        if not 0 < batch <= 1024 or not 0 < max_length <= MAX_SESSION_LENGTH:
+            raise RpcError(ErrorCode.BAD_REQUEST, "batch or max_length out of range")
+        session: SpanSession = await self._compute(self.span.open_session, batch, max_length)
+        self.sessions += 1
+        try:
+            async for step in stream:
+                if not isinstance(step, dict):
+                    raise RpcError(ErrorCode.BAD_REQUEST, "a step is a map")
+                hidden = _tensor(step, "hidden")
+                mask, positions = _tensor(step, "attention_mask"), _tensor(step, "position_ids")
+                out = await self._compute(session.step, hidden, mask, positions)
+                await stream.send({"hidden": tensor_to_wire(out)})
+            await stream.end()
+        finally:
+            self.sessions -= 1
+            session.close()
