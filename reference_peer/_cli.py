@@ -1,0 +1,153 @@
+"""The work behind ``petal generate``, ``petal chat`` and ``petal demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from petalproto._commands._common import parse_peers
+
+from ._convert import prepare_default_model
+from ._local_swarm import LocalSwarm
+
+__all__ = ["chat_main", "demo_main", "generate_main"]
+
+
+def _model_path(args: argparse.Namespace) -> Path:
+    return Path(args.model) if getattr(args, "model", None) else prepare_default_model()
+
+
+def _open(path: Path, peers: list[Any], name: str | None) -> Any:
+    from . import DistributedModelForCausalLM
+
+    return DistributedModelForCausalLM.from_pretrained(path, initial_peers=peers, model_name=name)
+
+
+def _sampling(args: argparse.Namespace) -> dict[str, Any]:
+    if getattr(args, "seed", None) is not None:
+        torch.manual_seed(args.seed)
+    if args.temperature > 0:
+        return {"do_sample": True, "temperature": args.temperature, "top_p": args.top_p}
+    return {"do_sample": False}
+
+
+def stream_reply(model: Any, tokenizer: Any, ids: torch.Tensor, max_new_tokens: int,
+                 sampling: dict[str, Any], out: Any = sys.stdout) -> tuple[str, list[float]]:
+    """Generate and print the reply as it comes; returns it and the time of each piece."""
+    from transformers import TextIteratorStreamer
+
+    streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
+    kwargs = {"max_new_tokens": max_new_tokens, "streamer": streamer,
+              "pad_token_id": tokenizer.pad_token_id or tokenizer.eos_token_id, **sampling}
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with torch.inference_mode():
+                model.generate(ids, **kwargs)
+        except BaseException as exc:
+            failure.append(exc)
+            streamer.on_finalized_text("", stream_end=True)
+
+    thread = threading.Thread(target=work, daemon=True)
+    start = time.perf_counter()
+    thread.start()
+    pieces, stamps = [], []
+    for piece in streamer:
+        stamps.append(time.perf_counter() - start)
+        pieces.append(piece)
+        out.write(piece)
+        out.flush()
+    thread.join()
+    out.write("\n")
+    if failure:
+        raise failure[0]
+    return "".join(pieces), stamps
+
+
+def _chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> torch.Tensor:
+    ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+    return ids if isinstance(ids, torch.Tensor) else ids["input_ids"]
+
+
+def generate_main(args: argparse.Namespace) -> int:
+    from transformers import AutoTokenizer
+
+    path = _model_path(args)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = _open(path, parse_peers(args.initial_peers), args.model_name)
+    try:
+        if args.raw:
+            ids = tokenizer(args.prompt, return_tensors="pt")["input_ids"]
+        else:
+            ids = _chat_ids(tokenizer, [{"role": "user", "content": args.prompt}])
+        stream_reply(model, tokenizer, ids, args.max_new_tokens, _sampling(args))
+    finally:
+        model.close()
+    return 0
+
+
+def chat_main(args: argparse.Namespace) -> int:
+    from transformers import AutoTokenizer
+
+    path = _model_path(args)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = _open(path, parse_peers(args.initial_peers), args.model_name)
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    try:
+        while True:
+            try:
+                line = input("you> ").strip()
+            except EOFError:
+                break
+            if line in {"/exit", "/quit"}:
+                break
+            if not line:
+                continue
+            messages.append({"role": "user", "content": line})
+            print("model> ", end="", flush=True)
+            reply, _ = stream_reply(model, tokenizer, _chat_ids(tokenizer, messages),
+                                    args.max_new_tokens, _sampling(args))
+            messages.append({"role": "assistant", "content": reply})
+    finally:
+        model.close()
+    return 0
+
+
+def demo_main(args: argparse.Namespace) -> int:
+    from transformers import AutoTokenizer
+
+    print("preparing the default model (SmolLM2-135M-Instruct) ...", flush=True)
+    path = prepare_default_model()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    print(f"starting a DHT node and {args.peers} peers on 127.0.0.1 ...", flush=True)
+    with LocalSwarm(path, peers=args.peers) as swarm:
+        for (address, (start, end)), seconds in zip(swarm.servers, swarm.peer_start_seconds,
+                                                     strict=True):
+            print(f"  peer {address.peer_id.short()}… at {address.host_port()} serves blocks "
+                  f"{start}:{end} (up in {seconds:.1f} s)")
+        assert swarm.dht is not None
+        model = _open(path, [swarm.dht], None)
+        try:
+            print(f"\nuser> {args.prompt}\nmodel> ", end="", flush=True)
+            ids = _chat_ids(tokenizer, [{"role": "user", "content": args.prompt}])
+            reply, stamps = stream_reply(model, tokenizer, ids, args.max_new_tokens,
+                                         {"do_sample": False})
+            route = model.chain.route
+        finally:
+            model.close()
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    if stamps:
+        per = sum(gaps) / len(gaps) * 1e3 if gaps else float("nan")
+        print(f"\nfirst piece after {stamps[0] * 1e3:.0f} ms, then {per:.1f} ms per piece "
+              f"({len(stamps)} pieces)")
+    print("route: " + " -> ".join(f"{s.address.peer_id.short()}…[{s.start}:{s.end}]"
+                                  for s in route))
+    print("all processes stopped")
+    return 0 if reply.strip() else 1

@@ -1,0 +1,133 @@
+"""A swarm of real processes on this machine: one DHT node and N peers, each serving an
+equal share of a model's blocks.  Used by ``petal demo``, ``petal bench swarm`` and tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from petalproto.core import Address
+
+__all__ = ["LocalSwarm", "split_blocks"]
+
+
+def split_blocks(num_blocks: int, peers: int) -> list[tuple[int, int]]:
+    """``peers`` contiguous spans covering ``[0, num_blocks)`` as evenly as possible."""
+    if not 0 < peers <= num_blocks:
+        raise ValueError(f"cannot split {num_blocks} blocks among {peers} peers")
+    bounds = [round(i * num_blocks / peers) for i in range(peers + 1)]
+    return list(zip(bounds[:-1], bounds[1:], strict=True))
+
+
+@dataclass
+class _Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    address_file: Path
+    log_file: Path
+    spawned: float
+    address: Address | None = None
+    ready_after: float | None = None
+
+
+@dataclass
+class LocalSwarm:
+    """Start with ``start()``, stop with ``stop()`` (or use it as a context manager)."""
+
+    model_path: Path
+    peers: int = 3
+    model_name: str | None = None
+    extra_serve_args: list[str] = field(default_factory=list)
+    startup_timeout: float = 120.0
+
+    def __post_init__(self) -> None:
+        self._dir = Path(tempfile.mkdtemp(prefix="petal-swarm-"))
+        self._procs: list[_Process] = []
+        self.dht: Address | None = None
+        self.servers: list[tuple[Address, tuple[int, int]]] = []
+
+    def _spawn(self, name: str, args: list[str]) -> _Process:
+        address_file, log_file = self._dir / f"{name}.addr", self._dir / f"{name}.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        with log_file.open("wb") as log:
+            popen = subprocess.Popen(
+                [sys.executable, "-m", "petalproto.cli", *args, "--address-file", str(address_file)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            )
+        proc = _Process(name, popen, address_file, log_file, time.perf_counter())
+        self._procs.append(proc)
+        return proc
+
+    def _wait(self, procs: list[_Process]) -> None:
+        deadline = time.perf_counter() + self.startup_timeout
+        pending = list(procs)
+        while pending:
+            for proc in list(pending):
+                if proc.address_file.exists() and proc.address_file.read_text().strip():
+                    proc.address = Address.parse(proc.address_file.read_text())
+                    proc.ready_after = time.perf_counter() - proc.spawned
+                    pending.remove(proc)
+                elif proc.popen.poll() is not None:
+                    tail = proc.log_file.read_text(errors="replace")[-2000:]
+                    raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode}:\n{tail}")
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"{[p.name for p in pending]} did not start in time")
+            time.sleep(0.02)
+
+    def start(self) -> LocalSwarm:
+        from ._arch import load_config, num_layers
+
+        total = num_layers(load_config(str(self.model_path)))
+        dht = self._spawn("dht", ["dht", "--listen", "127.0.0.1:0"])
+        self._wait([dht])
+        assert dht.address is not None
+        self.dht = dht.address
+        spans = split_blocks(total, self.peers)
+        servers = []
+        for i, (start, end) in enumerate(spans):
+            args = ["serve", "--model", str(self.model_path), "--blocks", f"{start}:{end}",
+                    "--listen", "127.0.0.1:0", "--initial-peers", str(self.dht), "--no-progress"]
+            if self.model_name:
+                args += ["--model-name", self.model_name]
+            servers.append(self._spawn(f"peer{i}", args + self.extra_serve_args))
+        self._wait(servers)
+        self.servers = [(p.address, span) for p, span in zip(servers, spans, strict=True)
+                        if p.address is not None]
+        return self
+
+    @property
+    def peer_start_seconds(self) -> list[float]:
+        """Seconds from spawn to announced, per peer."""
+        return [p.ready_after or 0.0 for p in self._procs if p.name.startswith("peer")]
+
+    def processes(self) -> list[tuple[str, int]]:
+        return [(p.name, p.popen.pid) for p in self._procs]
+
+    def kill_peer(self, index: int) -> None:
+        """Kill peer ``index`` abruptly (for failure tests)."""
+        proc = [p for p in self._procs if p.name == f"peer{index}"][0]
+        proc.popen.kill()
+        proc.popen.wait()
+
+    def stop(self) -> None:
+        for proc in reversed(self._procs):
+            if proc.popen.poll() is None:
+                proc.popen.terminate()
+        for proc in self._procs:
+            try:
+                proc.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.popen.kill()
+                proc.popen.wait()
+        self._procs.clear()
+
+    def __enter__(self) -> LocalSwarm:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
