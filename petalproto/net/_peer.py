@@ -111,15 +111,14 @@ class PeerConnection:
             await self._flush()
             with trio.move_on_at(self._deadline()):
                 await self._handshake()
-            if self._conn.state is not ConnState.OPEN:
+            if self._conn.peer_id is None:
                 raise trio.BrokenResourceError("handshake did not complete")
             task_status.started()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
                 # Frames that arrived with the last handshake message (SPEC.md §6.3).
-                for event in self._early:
-                    self._dispatch(event)
-                self._early.clear()
+                early, self._early = self._early, []
+                await self._after_input(early)
                 nursery.start_soon(self._timer_loop)
                 nursery.start_soon(self._read_loop)
         finally:
@@ -128,9 +127,20 @@ class PeerConnection:
                 await self._stream.aclose()
 
     async def _handshake(self) -> None:
-        while self._conn.state not in (ConnState.OPEN, ConnState.CLOSED, ConnState.ERROR):
+        """Read until the peer is authenticated.  Frames that came with the last handshake
+        message wait in ``_early``; a protocol error among them still ends the connection
+        after the handshake, with its GOAWAY sent."""
+        while self._conn.peer_id is None:
+            if self._conn.state in (ConnState.CLOSED, ConnState.ERROR):
+                return
             data = await self._stream.receive_some(MAX_RECV)
-            events = self._conn.receive_data(data, trio.current_time())
+            try:
+                events = self._conn.receive_data(data, trio.current_time())
+            except RemoteProtocolError as exc:
+                await self._flush()  # the GOAWAY the core queued, when keys exist
+                if self._conn.peer_id is None:
+                    raise
+                events = [ConnectionClosed(code=exc.code, reason=exc.msg)]
             await self._flush()
             self._early.extend(events)
 
