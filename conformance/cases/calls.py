@@ -34,7 +34,7 @@ R_10_4 = (
     "A peer MUST answer an OPEN of a method it does not serve with RESET of code "
     "UNKNOWN_METHOD, and keep the connection open."
 )
-R_8_6 = "after sending or receiving RESET a peer sends nothing more on that stream."
+R_8_6 = "after sending or receiving RESET a peer MUST NOT send anything more on that stream."
 
 BAD_REQUEST = {ErrorCode.BAD_REQUEST}
 UNKNOWN = "conformance.no-such-method"

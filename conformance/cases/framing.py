@@ -32,7 +32,7 @@ R_7_2_MAX = (
     "a connection error of code FRAME_TOO_LARGE, as soon as the four length bytes "
     "have arrived and before buffering any of the frame's body."
 )
-R_7_2_ZERO = "A frame of length 0 is a connection error of code MALFORMED."
+R_7_2_ZERO = "A receiver MUST treat a frame of length 0 as a connection error of code MALFORMED."
 R_7_2_SPAN = (
     "Frames are independent of Noise message boundaries: a frame may span several "
     "transport messages, and one transport message may hold several frames."

@@ -36,7 +36,7 @@ R_8_2_IDLE = (
     "connection error of code PROTOCOL_ERROR."
 )
 R_8_2_CLOSED = (
-    "Frames on a stream that was open earlier and is now closed are ignored (their "
+    "A receiver MUST ignore frames on a stream that was open earlier and is now closed (their "
     "DATA still counts against the connection window, §8.5)."
 )
 R_8_2_ORDER = (
@@ -61,8 +61,8 @@ R_8_4_CHUNKS = (
     "END_MESSAGE."
 )
 R_8_4_INCOMPLETE = (
-    "END_STREAM on a frame that leaves a message incomplete is a stream error "
-    "of code PROTOCOL_ERROR."
+    "A receiver MUST treat END_STREAM on a frame that leaves a message incomplete as a "
+    "stream error of code PROTOCOL_ERROR."
 )
 R_8_5_RECV = (
     "a receiver MUST treat DATA beyond the credit it granted as a connection error "
@@ -79,7 +79,7 @@ R_8_5_DISCARD = (
 )
 R_8_6 = (
     "RESET abandons a stream in both directions with an error code (§11) and a reason; "
-    "after sending or receiving RESET a peer sends nothing more on that stream."
+    "after sending or receiving RESET a peer MUST NOT send anything more on that stream."
 )
 R_9_1 = "A peer MUST answer every PING with a PONG carrying the same 8 bytes."
 R_9_2 = (
@@ -87,7 +87,8 @@ R_9_2 = (
     "on that connection remain open."
 )
 R_9_2_ERROR = (
-    "GOAWAY with any other code announces a connection error (§7.3); the connection is over."
+    "GOAWAY with any other code announces a connection error (§7.3): its receiver MUST NOT "
+    "open or answer streams on that connection any more and closes it."
 )
 
 PROTOCOL = {ErrorCode.PROTOCOL_ERROR}
