@@ -1,4 +1,4 @@
-"""One link to one peer: Noise XX handshake, then encrypted msgpack frames (SPEC.md §6–§9).
+"""One link to one peer: Noise XX handshake, then encrypted msgpack frames (SPEC.md §6 to §9).
 
 Theory of operation
 -------------------
@@ -57,15 +57,11 @@ from ._errors import (
 )
 from ._events import (
     ConnectionClosed,
-    EndStream,
     Event,
     GoAway,
     HandshakeCompleted,
-    Message,
     Open,
     Ping,
-    Pong,
-    Reset,
     Settings,
 )
 from ._frames import decode_frame
@@ -277,7 +273,16 @@ class Connection:
 
     def acknowledge(self, stream_id: int, size: int, now: float) -> None:
         """The application consumed a received ``Message`` of ``size`` bytes: give the
-        credit back to the peer (SPEC.md §8.5). Harmless after the connection ended."""
+        credit back to the peer (SPEC.md §8.5). Harmless after the connection ended.
+
+        Args:
+            stream_id: the stream the message came on.
+            size: the message's ``size``.
+            now: the current time (unused; inputs all take it).
+
+        Raises:
+            LocalProtocolError: more bytes acknowledged than the peer sent.
+        """
         if self._mux is not None and self._state not in _DONE_STATES:
             self._mux.acknowledge(stream_id, size)
 
@@ -341,14 +346,23 @@ class Connection:
         was = self._state
         self._state = ConnState.CLOSED
         if was in _HANDSHAKE_STATES:
-            return [ConnectionClosed(code=ErrorCode.HANDSHAKE_FAILED, reason="EOF in handshake",
-                                     by_peer=True)]
+            return [
+                ConnectionClosed(
+                    code=ErrorCode.HANDSHAKE_FAILED, reason="EOF in handshake", by_peer=True
+                )
+            ]
         clean = was is ConnState.CLOSING and not len(self._plain_in) and not len(self._wire_in)
         code = ErrorCode.NO_ERROR if clean or not self.active_streams else ErrorCode.CANCEL
         return [ConnectionClosed(code=code, reason="EOF", by_peer=True)]
 
     def _fail(self, exc: RemoteProtocolError) -> None:
-        if self._mux is not None and self._state in (ConnState.OPEN, ConnState.CLOSING):
+        if self._mux is None:
+            # A failed handshake sends nothing more (SPEC.md §6.6), not even a message 2
+            # that this receive_data call made from a valid message 1 before the bad bytes.
+            self._wire_out.clear()
+        else:
+            # Errors are raised only while frames are processed, so the state is OPEN or
+            # CLOSING here: there are keys to carry the GOAWAY (SPEC.md §7.3).
             self._mux.out.clear()
             self._mux.go_away(exc.code, exc.msg[:200])
             self._seal()
@@ -372,32 +386,62 @@ class Connection:
                 self._handle_handshake(message, events)
             else:
                 assert self._recv_cs is not None
-                self._plain_in.feed(self._recv_cs.decrypt_with_ad(b"", message))
-                self._drain_frames(events)
+                self._drain_plaintext(self._recv_cs.decrypt_with_ad(b"", message), events)
 
-    def _drain_frames(self, events: list[Event]) -> None:
-        assert self._mux is not None
-        limit = self.config.settings.max_frame
-        while len(self._plain_in) >= 4 and self._state not in _DONE_STATES:
-            (length,) = _U32.unpack(self._plain_in.peek(4))
-            if length > limit:
-                raise FrameTooLarge(f"frame of {length} bytes exceeds our limit of {limit}")
-            if length == 0:
-                raise MalformedMessage("empty frame")
-            if len(self._plain_in) < 4 + length:
+    def _drain_plaintext(self, plaintext: bytes, events: list[Event]) -> None:
+        """Parse the frames of a decrypted transport message.
+
+        Senders align frames with transport messages (SPEC.md §8.4), so the common case
+        parses straight out of ``plaintext``; only a frame split across messages is
+        gathered in ``_plain_in``, and parsed once it is complete.
+        """
+        if len(self._plain_in):
+            self._plain_in.feed(plaintext)
+            header = self._plain_in.peek(4)
+            if len(header) < 4 or len(self._plain_in) < 4 + self._frame_length(header):
                 return
-            self._plain_in.skip(4)
-            new = self._mux.handle_frame(decode_frame(self._plain_in.take(length)))
+            plaintext = self._plain_in.take(len(self._plain_in))
+        view = memoryview(plaintext)
+        used = self._parse_frames(view, events)
+        if used < len(view) and self._state not in _DONE_STATES:
+            self._plain_in.feed(view[used:])
+            if len(self._plain_in) >= 4:
+                self._frame_length(self._plain_in.peek(4))
+
+    def _frame_length(self, header: bytes | memoryview) -> int:
+        """Check a frame's length field as soon as it is complete (SPEC.md §7.2)."""
+        (length,) = _U32.unpack(header)
+        if length > self.config.settings.max_frame:
+            raise FrameTooLarge(
+                f"frame of {length} bytes exceeds our limit of {self.config.settings.max_frame}"
+            )
+        if length == 0:
+            raise MalformedMessage("empty frame")
+        return int(length)
+
+    def _parse_frames(self, view: memoryview, events: list[Event]) -> int:
+        """Handle the complete frames at the start of ``view``; returns the bytes used."""
+        assert self._mux is not None
+        used, end = 0, len(view)
+        while end - used >= 4 and self._state not in _DONE_STATES:
+            length = self._frame_length(view[used : used + 4])
+            if end - used < 4 + length:
+                break
+            frame = decode_frame(view[used + 4 : used + 4 + length])
+            used += 4 + length
+            new = self._mux.handle_frame(frame)
             events.extend(new)
             self._after_frames(new, events)
+        return used
 
     def _after_frames(self, new: list[Event], events: list[Event]) -> None:
         for event in new:
             if isinstance(event, GoAway):
                 if event.code is not ErrorCode.NO_ERROR:
                     self._state = ConnState.CLOSED
-                    events.append(ConnectionClosed(code=event.code, reason=event.reason,
-                                                   by_peer=True))
+                    events.append(
+                        ConnectionClosed(code=event.code, reason=event.reason, by_peer=True)
+                    )
                     return
                 self._state = ConnState.CLOSING
         self._maybe_finish()
@@ -411,8 +455,8 @@ class Connection:
         assert hs is not None
         payload = hs.read_message(message)
         if self._state is ConnState.AWAIT_INITIATOR_HELLO:
-            if payload:
-                raise HandshakeFailed("message 1 must carry no payload")
+            # The length window (exactly 32 bytes: a bare ``e``) already kept message 1's
+            # payload empty, as SPEC.md §6.4 requires.
             self._write_noise(hs.write_message(self._payload()))
             self._state = ConnState.AWAIT_INITIATOR_AUTH
             return
@@ -443,15 +487,25 @@ class Connection:
         self._wire_out.append(_U16.pack(len(message)) + message)
 
     def _seal(self) -> None:
-        """Encrypt the multiplexer's pending plaintext into Noise transport messages."""
+        """Encrypt the multiplexer's pending frames into Noise transport messages.
+
+        Frames go into messages whole, as many as fit, so that no frame straddles two
+        messages: every frame we write fits one (a DATA frame is at most 65503 bytes,
+        ``DATA_CHUNK``), which is what SPEC.md §8.4 asks of senders.
+        """
         assert self._mux is not None and self._send_cs is not None
-        pieces = self._mux.out
-        plain = memoryview(pieces[0] if len(pieces) == 1 else b"".join(pieces))
-        pieces.clear()
         encrypt = self._send_cs.encrypt_with_ad
-        for start in range(0, len(plain), MAX_PLAINTEXT_LEN):
-            sealed = encrypt(b"", plain[start : start + MAX_PLAINTEXT_LEN])
-            self._wire_out.append(_U16.pack(len(sealed)))
-            self._wire_out.append(sealed)
-
-
+        batch = bytearray()
+        left = 0  # bytes of the current frame still to come; a frame may be several pieces
+        for piece in self._mux.out:
+            if not piece:
+                continue  # the empty chunk of a DATA frame that only ends a stream
+            if not left:  # a frame starts with this piece: its length prefix is in it
+                left = 4 + int.from_bytes(piece[:4], "big")
+                if len(batch) + left > MAX_PLAINTEXT_LEN:
+                    self._write_noise(encrypt(b"", batch))
+                    batch.clear()
+            batch += piece
+            left -= len(piece)
+        self._mux.out.clear()
+        self._write_noise(encrypt(b"", batch))

@@ -55,6 +55,9 @@ def _read_settings(raw: object) -> Settings:
         raise HandshakeFailed("settings must be a map")
     # Unknown keys are ignored (SPEC.md §6.4) so that later versions can add settings.
     known: dict[str, Any] = {key: raw[key] for key in _SETTINGS_KEYS if key in raw}
+    # A missing key takes the SPEC.md §6.4 default; for ``agent`` that is "", not the
+    # name ``Settings`` announces for this implementation.
+    known.setdefault("agent", "")
     try:
         return Settings(**known)
     except (TypeError, ValueError) as exc:

@@ -10,10 +10,11 @@ This module does no I/O: key files are turned into bytes and back by the caller.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 from dataclasses import dataclass, field
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
@@ -24,6 +25,48 @@ __all__ = ["Identity", "PeerId"]
 
 _PEER_ID_LEN = 32
 _TEXT_LEN = 52
+_ALPHABET = frozenset("abcdefghijklmnopqrstuvwxyz234567")  # RFC 4648 §6, lowercased
+
+# RFC 8032 §5.1: the field prime and the curve constant d of edwards25519.
+_P = 2**255 - 19
+_D = -121665 * pow(121666, _P - 2, _P) % _P
+# The y coordinates of the eight points of order dividing 8 (orders 1, 2, 4 and 8), the
+# same set as libsodium's ``ge25519_has_small_order`` blocklist.  A key there verifies
+# signatures that nobody made (the all-zero key accepts the all-zero signature).
+_Y8 = 2707385501144840649318225287225658788936804267575313519463743609750303402022
+_SMALL_ORDER_Y = frozenset({0, 1, _P - 1, _Y8, _P - _Y8})
+
+
+def _legendre(a: int) -> int:
+    """The Legendre symbol (a / p) for 0 < a < p, by the binary Jacobi-symbol algorithm
+    (quadratic reciprocity), several times faster in Python than Euler's criterion."""
+    n, result = _P, 1
+    while a:
+        zeros = (a & -a).bit_length() - 1
+        a >>= zeros
+        if zeros & 1 and n % 8 in (3, 5):
+            result = -result
+        if a % 4 == 3 and n % 4 == 3:
+            result = -result
+        a, n = n % a, a
+    return result
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_public_key(raw: bytes) -> bool:
+    """RFC 8032 §5.1.3 decoding: y < p and x^2 = (y^2 - 1) / (d y^2 + 1) has a root.
+
+    Points of small order are refused as well.  Only y = ±1 make the numerator zero, and
+    both are small, so the sign bit needs no check: every x != 0 has both signs.  The
+    result is cached because the DHT sees the same peer ids again and again.
+    """
+    y = int.from_bytes(raw, "little") & ((1 << 255) - 1)
+    if y >= _P or y in _SMALL_ORDER_Y:
+        return False
+    u = (y * y - 1) % _P
+    v = (_D * y * y + 1) % _P
+    # u / v is a square exactly when u * v is (v^2 is one); neither is zero here.
+    return _legendre(u * v % _P) == 1
 
 
 @dataclass(frozen=True, slots=True, order=True, repr=False)
@@ -34,11 +77,18 @@ class PeerId:
     _key: Ed25519PublicKey = field(compare=False, repr=False, hash=False)
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> PeerId:
-        """Raises: ValueError: not a valid 32-byte Ed25519 public key."""
+    def from_bytes(cls, raw: bytes | bytearray) -> PeerId:
+        """Build a peer id from the raw 32-byte Ed25519 public key (SPEC.md §3.2, §3.3).
+
+        Raises:
+            ValueError: not 32 bytes, not the encoding of a curve point (RFC 8032 §5.1.3),
+                or a point of small order.
+        """
         if not isinstance(raw, (bytes, bytearray)) or len(raw) != _PEER_ID_LEN:
             raise ValueError("a peer id is 32 bytes")
         raw = bytes(raw)
+        if not _is_public_key(raw):
+            raise ValueError("not a valid Ed25519 public key")
         return cls(raw, Ed25519PublicKey.from_public_bytes(raw))
 
     @classmethod
@@ -48,13 +98,14 @@ class PeerId:
         Raises:
             ValueError: not a peer id in text form.
         """
-        if len(text) != _TEXT_LEN or text != text.lower():
+        if len(text) != _TEXT_LEN or not _ALPHABET.issuperset(text):
             raise ValueError(f"a peer id is {_TEXT_LEN} lowercase base32 characters")
-        try:
-            raw = base64.b32decode(text.upper() + "====")
-        except ValueError as exc:
-            raise ValueError(f"bad peer id {text!r}") from exc
-        return cls.from_bytes(raw)
+        peer = cls.from_bytes(base64.b32decode(text.upper() + "===="))
+        # 52 characters carry 260 bits for 256: the spare low bits of the last character
+        # must be zero, so that every peer id has exactly one text form.
+        if peer.to_text() != text:
+            raise ValueError(f"{text!r} is not the canonical text of a peer id")
+        return peer
 
     def to_text(self) -> str:
         return base64.b32encode(self.raw).decode().rstrip("=").lower()
@@ -127,7 +178,7 @@ class Identity:
         """Raises: ValueError: not an unencrypted PKCS#8 Ed25519 key."""
         try:
             key = serialization.load_pem_private_key(data, password=None)
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
             raise ValueError(f"not a key file: {exc}") from exc
         if not isinstance(key, Ed25519PrivateKey):
             raise ValueError("the key file does not hold an Ed25519 key")

@@ -40,9 +40,12 @@ def _reject_ext(code: int, data: bytes) -> Any:
 
 
 def _check_tree(obj: object, depth: int) -> None:
+    """Walk what msgpack-python returned; ``depth`` is the level of ``obj`` if it is a
+    container (SPEC.md §5.1: the outermost container is level 0, level 32 is the last
+    allowed, and a scalar inside it is fine)."""
     if type(obj) not in _ALLOWED:
         raise MalformedMessage(f"type {type(obj).__name__} is not allowed")
-    if depth > MAX_DEPTH:
+    if isinstance(obj, (list, dict)) and depth > MAX_DEPTH:
         raise MalformedMessage(f"nesting deeper than {MAX_DEPTH}")
     if isinstance(obj, list):
         for item in obj:
@@ -78,8 +81,14 @@ def decode_strict(data: bytes | bytearray | memoryview) -> Any:
         )
     except MalformedMessage:
         raise
-    except (ValueError, TypeError, msgpack.ExtraData, msgpack.FormatError,
-            msgpack.StackError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+    except (
+        ValueError,
+        TypeError,
+        msgpack.ExtraData,
+        msgpack.FormatError,
+        msgpack.StackError,
+        RecursionError,
+    ) as exc:  # UnicodeDecodeError is a ValueError
         raise MalformedMessage(f"invalid msgpack: {exc}") from exc
     _check_tree(obj, 0)
     return obj

@@ -19,20 +19,23 @@ grants the other ``stream_window`` per new stream and ``connection_window`` in a
 Settings); CREDIT frames grant more.  A receiver returns credit only for data its
 application has consumed (``acknowledge``), so at any time
 
-    bytes received − bytes acknowledged ≤ window
+    bytes received - bytes acknowledged ≤ window
 
 which is the bound on what a peer can make us buffer.  A message can therefore be at most
 ``stream_window`` bytes long.  A sender queues chunks beyond its credit here; the shell
 applies back-pressure by watching ``buffered()``.
 
-Invariants: ``_streams`` holds exactly the live streams; every stream has ``our_open`` or
-``their_open`` or queued output.  This module never raises for a peer's misbehaviour on a
-single stream: it resets that stream.  Connection errors raise RemoteProtocolError.
+Invariants: ``_streams`` holds exactly the live streams, and ``_their_active`` counts those
+the peer opened (so that max_streams costs O(1) per OPEN); every stream has ``our_open`` or
+``their_open`` or queued output; ``out`` holds whole frames, a DATA frame as two pieces, and
+no CREDIT of 0.  This module never raises for a peer's misbehaviour on a single stream: it
+resets that stream.  Connection errors raise RemoteProtocolError.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,7 +53,7 @@ from ._msgpack import decode_strict, encode
 __all__ = ["DATA_CHUNK", "Multiplexer"]
 
 #: Largest chunk per DATA frame: a frame then fits one Noise transport message
-#: (65535 − 16-byte tag − 4-byte length − up to 13 bytes of frame header), SPEC.md §8.4.
+#: (65535 - 16-byte tag - 4-byte length - up to 13 bytes of frame header), SPEC.md §8.4.
 DATA_CHUNK = 65_488
 _MAX_CREDIT = (1 << 31) - 1
 
@@ -78,11 +81,12 @@ class Multiplexer:
         self._our_parity = 1 if initiator else 0
         self._next_id = 1 if initiator else 2
         self._their_highest = 0
+        self._their_active = 0  # live streams the peer opened, for max_streams
         self._send_conn_credit = theirs.connection_window
         self._recv_conn_left = ours.connection_window
         self.goaway_sent: int | None = None  # last stream id we promised to serve
         self.goaway_received: int | None = None
-        self._handlers = {
+        self._handlers: dict[FrameType, Callable[..., list[Event]]] = {
             FrameType.OPEN: self._handle_open,
             FrameType.DATA: self._handle_data,
             FrameType.CREDIT: self._handle_credit,
@@ -102,9 +106,6 @@ class Multiplexer:
         """Bytes queued on ``stream_id`` waiting for credit (0 for unknown streams)."""
         stream = self._streams.get(stream_id)
         return stream.queued if stream else 0
-
-    def is_open(self, stream_id: int) -> bool:
-        return stream_id in self._streams
 
     def next_stream_id(self) -> int:
         return self._next_id
@@ -130,10 +131,9 @@ class Multiplexer:
                 raise LocalProtocolError(f"cannot send {type(event).__name__} on a stream")
 
     def _send_open(self, event: Open) -> None:
+        # The connection refuses Open once either side sent GOAWAY (it is CLOSING then).
         if event.stream_id != self._next_id:
             raise LocalProtocolError(f"next stream id is {self._next_id}, not {event.stream_id}")
-        if self.goaway_received is not None or self.goaway_sent is not None:
-            raise LocalProtocolError("the connection is going away; no new streams")
         self._next_id += 2
         self._streams[event.stream_id] = _Stream(
             event.stream_id,
@@ -176,7 +176,7 @@ class Multiplexer:
             flags = (DataFlags.END_MESSAGE if last and whole else 0) | (
                 DataFlags.END_STREAM if last and end else 0
             )
-            self.out.extend(encode_data_frame(stream.stream_id, int(flags), data[:n]))
+            self.out.extend(encode_data_frame(stream.stream_id, flags, data[:n]))
             stream.send_credit -= n
             self._send_conn_credit -= n
             stream.queued -= n
@@ -189,25 +189,38 @@ class Multiplexer:
         self._maybe_forget(stream)
 
     def _send_reset(self, stream_id: int, code: ErrorCode, reason: str) -> None:
-        stream = self._streams.pop(stream_id, None)
+        stream = self._streams.get(stream_id)
         if stream is None:
             raise LocalProtocolError(f"stream {stream_id} is not open")
+        self._forget(stream)
         self._drop_partial(stream)
         self.out.append(encode_frame(FrameType.RESET, stream_id, int(code), reason))
 
     def acknowledge(self, stream_id: int, size: int) -> None:
-        """The application consumed ``size`` bytes of a received message: grant them again."""
+        """The application consumed ``size`` bytes of a received message: grant them again.
+
+        Raises:
+            LocalProtocolError: ``size`` is more than the peer sent and was not granted
+                back yet; granting it would lift the peer's credit above our window.
+        """
         if size <= 0:
             return
-        self._grant_connection(size)
         stream = self._streams.get(stream_id)
-        if stream is not None and stream.their_open:
+        if stream is not None and not stream.their_open:
+            stream = None  # the peer sends nothing more on it: no stream credit to give
+        if size > self.ours.connection_window - self._recv_conn_left or (
+            stream is not None and stream.recv_left + size > self.ours.stream_window
+        ):
+            raise LocalProtocolError(f"acknowledging {size} bytes that were not received")
+        self._grant_connection(size)
+        if stream is not None:
             stream.recv_left += size
             self.out.append(encode_frame(FrameType.CREDIT, stream_id, size))
 
     def _grant_connection(self, size: int) -> None:
-        self._recv_conn_left += size
-        self.out.append(encode_frame(FrameType.CREDIT, 0, size))
+        if size:  # an empty DATA frame used no credit, and CREDIT 0 would be malformed
+            self._recv_conn_left += size
+            self.out.append(encode_frame(FrameType.CREDIT, 0, size))
 
     def go_away(self, code: ErrorCode, reason: str) -> None:
         self.goaway_sent = self._their_highest
@@ -234,8 +247,7 @@ class Multiplexer:
         if stream_id % 2 == self._our_parity or stream_id <= self._their_highest:
             raise RemoteProtocolError(f"stream id {stream_id} is not the peer's to open")
         self._their_highest = stream_id
-        theirs = sum(1 for s in self._streams if s % 2 != self._our_parity)
-        if self.goaway_sent is not None or theirs >= self.ours.max_streams:
+        if self.goaway_sent is not None or self._their_active >= self.ours.max_streams:
             self.out.append(
                 encode_frame(FrameType.RESET, stream_id, int(ErrorCode.REFUSED_STREAM), "")
             )
@@ -243,9 +255,10 @@ class Multiplexer:
         self._streams[stream_id] = _Stream(
             stream_id, send_credit=self.theirs.stream_window, recv_left=self.ours.stream_window
         )
+        self._their_active += 1
         return [Open(stream_id=stream_id, method=method)]
 
-    def _handle_data(self, stream_id: int, flags: int, chunk: bytes) -> list[Event]:
+    def _handle_data(self, stream_id: int, flags: int, chunk: bytes | memoryview) -> list[Event]:
         n = len(chunk)
         if n > self._recv_conn_left:
             raise FlowControlError("DATA beyond the connection window")
@@ -270,8 +283,12 @@ class Multiplexer:
                 return self._reset_for(stream, ErrorCode.MALFORMED, exc.msg[:200])
             stream.partial = bytearray()
             events.append(
-                Message(stream_id=stream_id, body=body, size=size,
-                        end_stream=bool(flags & DataFlags.END_STREAM))
+                Message(
+                    stream_id=stream_id,
+                    body=body,
+                    size=size,
+                    end_stream=bool(flags & DataFlags.END_STREAM),
+                )
             )
         if flags & DataFlags.END_STREAM:
             if stream.partial:
@@ -297,8 +314,8 @@ class Multiplexer:
             if self._send_conn_credit + increment > _MAX_CREDIT:
                 raise FlowControlError("connection credit above 2^31-1")
             self._send_conn_credit += increment
-            for stream in list(self._streams.values()):
-                self._pump(stream)
+            for each in list(self._streams.values()):
+                self._pump(each)
             return []
         stream = self._live(stream_id)
         if stream is not None:
@@ -312,7 +329,7 @@ class Multiplexer:
         stream = self._live(stream_id)
         if stream is None:
             return []
-        del self._streams[stream_id]
+        self._forget(stream)
         self._drop_partial(stream)
         return [Reset(stream_id=stream_id, code=to_error_code(code), reason=reason)]
 
@@ -331,11 +348,23 @@ class Multiplexer:
         # Our streams above last_stream_id were never served: report them refused.
         for stream_id in sorted(self._streams):
             if stream_id % 2 == self._our_parity and stream_id > last_stream_id:
-                del self._streams[stream_id]
-                events.append(Reset(stream_id=stream_id, code=ErrorCode.REFUSED_STREAM,
-                                    reason="refused by GOAWAY"))
+                stream = self._streams[stream_id]
+                self._forget(stream)
+                self._drop_partial(stream)
+                events.append(
+                    Reset(
+                        stream_id=stream_id,
+                        code=ErrorCode.REFUSED_STREAM,
+                        reason="refused by GOAWAY",
+                    )
+                )
         return events
 
     def _maybe_forget(self, stream: _Stream) -> None:
         if not stream.our_open and not stream.their_open and not stream.queue:
-            self._streams.pop(stream.stream_id, None)
+            self._forget(stream)
+
+    def _forget(self, stream: _Stream) -> None:
+        del self._streams[stream.stream_id]
+        if stream.stream_id % 2 != self._our_parity:
+            self._their_active -= 1

@@ -1,0 +1,80 @@
+"""The directory tree draws the I/O boundary (STYLE.md §1): the core is sans-IO."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+CORE = Path(__file__).resolve().parent.parent / "petalproto" / "core"
+#: What petalproto/core must never import: I/O, clocks, randomness, concurrency, torch.
+FORBIDDEN = frozenset({"trio", "socket", "time", "random", "asyncio", "threading", "torch"})
+
+
+def forbidden_imports(source: str) -> list[str]:
+    """The forbidden top-level modules that ``source`` imports, however it spells it."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, (ast.Name, ast.Attribute))
+            and (node.func.id if isinstance(node.func, ast.Name) else node.func.attr)
+            in ("__import__", "import_module")
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            names = [node.args[0].value]
+        found += [name for name in names if name.partition(".")[0] in FORBIDDEN]
+    return found
+
+
+def _core_files() -> list[Path]:
+    return sorted(CORE.rglob("*.py"))
+
+
+def test_core_files_are_found() -> None:
+    names = {path.relative_to(CORE).as_posix() for path in _core_files()}
+    assert {"__init__.py", "_connection.py", "_mux.py"} <= names
+    assert any(name.startswith("dht/") for name in names)
+
+
+@pytest.mark.parametrize("path", _core_files(), ids=lambda p: p.relative_to(CORE).as_posix())
+def test_core_module_is_sans_io(path: Path) -> None:
+    assert forbidden_imports(path.read_text(encoding="utf-8")) == []
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import time",
+        "import os, trio.lowlevel",
+        "from random import randbytes",
+        "from asyncio import sleep",
+        "def f():\n    import socket",
+        "import importlib\nimportlib.import_module('threading')",
+        "__import__('torch')",
+    ],
+)
+def test_the_check_catches_every_spelling(source: str) -> None:
+    assert forbidden_imports(source)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import os, hashlib",
+        "from . import time",  # a sibling module that happens to share a name
+        "from .random import x",
+        "import timeit",
+        "from typing import TYPE_CHECKING",
+    ],
+)
+def test_the_check_allows_the_rest(source: str) -> None:
+    assert forbidden_imports(source) == []
