@@ -1,0 +1,80 @@
+"""Chain planning over announced spans (SPEC.md §13.6)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from petalproto.core import Address, Identity
+from petalproto.core._route import NoChain, SpanInfo, plan_chain
+
+
+def span(start: int, end: int, throughput: float = 10.0) -> SpanInfo:
+    peer = Identity.from_seed(os.urandom(32)).peer_id
+    return SpanInfo(Address(peer, "127.0.0.1", 4000), "m", start, end, throughput)
+
+
+def test_single_span_covers_everything() -> None:
+    whole = span(0, 8)
+    assert plan_chain([whole], 0, 8) == [whole]
+
+
+def test_prefers_the_faster_chain() -> None:
+    slow, a, b = span(0, 8, throughput=1.0), span(0, 4, 100.0), span(4, 8, 100.0)
+    assert plan_chain([slow, a, b], 0, 8) == [a, b]
+
+
+def test_latency_and_avoid_steer_the_choice() -> None:
+    a, b = span(0, 8), span(0, 8)
+    assert plan_chain([a, b], 0, 8, latency={a.peer_id: 1.0}) == [b]
+    assert plan_chain([a, b], 0, 8, avoid=[b.peer_id]) == [a]
+    assert plan_chain([a, b], 0, 8, jitter={a.peer_id: 0.5}) == [b]
+
+
+def test_unknown_throughput_uses_a_default() -> None:
+    a, b = span(0, 8, throughput=0.0), span(0, 8, throughput=1000.0)
+    assert plan_chain([a, b], 0, 8) == [b]
+
+
+def test_sub_range_and_out_of_range_spans() -> None:
+    inner, outer = span(2, 4), span(0, 6)
+    assert plan_chain([inner, outer], 2, 4) == [inner]
+
+
+def test_gap_names_the_missing_blocks() -> None:
+    with pytest.raises(NoChain) as info:
+        plan_chain([span(0, 3), span(5, 8)], 0, 8, model="tiny")
+    assert info.value.missing == [(3, 8)]
+    assert "3:8" in str(info.value) and "tiny" in str(info.value)
+
+
+def test_misaligned_spans_do_not_chain() -> None:
+    with pytest.raises(NoChain):
+        plan_chain([span(0, 5), span(4, 8)], 0, 8)
+
+
+def test_empty_range_is_refused() -> None:
+    with pytest.raises(ValueError):
+        plan_chain([], 3, 3)
+
+
+def test_worse_paths_to_a_boundary_are_skipped() -> None:
+    # Two ways to reach block 4; the dearer one is popped later and skipped.
+    a, b, c = span(0, 4, 1.0), span(0, 2, 100.0), span(2, 4, 100.0)
+    e = span(0, 2, 50.0)  # reaches block 2, but dearer than b
+    d = span(4, 6, 0.5)  # so slow that the stale entry for block 4 pops first
+    assert plan_chain([a, b, e, c, d], 0, 6) == [b, c, d]
+
+
+@given(st.lists(st.integers(1, 5), min_size=1, max_size=6))
+def test_a_tiling_always_yields_a_contiguous_chain(widths: list[int]) -> None:
+    bounds = [0]
+    for width in widths:
+        bounds.append(bounds[-1] + width)
+    spans = [span(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
+    chain = plan_chain(spans, 0, bounds[-1])
+    assert chain[0].start == 0 and chain[-1].end == bounds[-1]
+    assert all(x.end == y.start for x, y in zip(chain, chain[1:], strict=False))
