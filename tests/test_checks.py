@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import pytest
 import trio
@@ -28,8 +29,8 @@ def make_pair() -> tuple[Connection, Connection]:
     _checks.check_flow_control,
     _checks.check_garbage_is_fatal,
 ])
-def test_core_checks(check: _checks.MakePair) -> None:
-    check(make_pair)  # type: ignore[arg-type]
+def test_core_checks(check: Callable[[_checks.MakePair], None]) -> None:
+    check(make_pair)
 
 
 async def _echo(stream: Stream) -> None:

@@ -186,7 +186,7 @@ class Connection:
         self._started = False
         self._wire_in = ReceiveBuffer()
         self._plain_in = ReceiveBuffer()
-        self._wire_out: list[bytes] = []
+        self._wire_out: list[bytes | bytearray] = []
         self._send_cs: CipherState | None = None
         self._recv_cs: CipherState | None = None
         self._mux: Multiplexer | None = None
@@ -201,7 +201,7 @@ class Connection:
         return self._state
 
     def data_to_send(self) -> bytes:
-        """Everything queued for the wire since the last call."""
+        """Everything queued for the wire since the last call (``b""`` when nothing is)."""
         if self._mux is not None and self._mux.out:
             self._seal()
         out = b"".join(self._wire_out)
@@ -326,10 +326,9 @@ class Connection:
             return self._eof()
         self._last_heard = now
         self._ping_sent = False
-        self._wire_in.feed(data)
         events: list[Event] = []
         try:
-            self._drain_wire(events)
+            self._drain_wire(memoryview(data).cast("B"), events)
         except RemoteProtocolError as exc:
             self._fail(exc)
             raise
@@ -368,25 +367,53 @@ class Connection:
             self._seal()
         self._state = ConnState.ERROR
 
-    def _drain_wire(self, events: list[Event]) -> None:
-        """Take every complete Noise message out of the wire buffer."""
-        while len(self._wire_in) >= 2 and self._state not in _DONE_STATES:
-            (length,) = _U16.unpack(self._wire_in.peek(2))
-            if self._state in _HANDSHAKE_STATES:
-                low, high = _HANDSHAKE_LENGTHS[self._state]
-                if not low <= length <= high:
-                    raise HandshakeFailed(f"handshake message of {length} bytes")
-            elif length < TAG_LEN:
-                raise RemoteProtocolError(f"transport message of {length} bytes")
-            if len(self._wire_in) < 2 + length:
+    def _noise_length(self, header: bytes | memoryview) -> int:
+        """Check a Noise message's length field before its body is read (SPEC.md §6.3,
+        §7.1)."""
+        (length,) = _U16.unpack(header)
+        if self._state in _HANDSHAKE_STATES:
+            low, high = _HANDSHAKE_LENGTHS[self._state]
+            if not low <= length <= high:
+                raise HandshakeFailed(f"handshake message of {length} bytes")
+        elif length < TAG_LEN:
+            raise RemoteProtocolError(f"transport message of {length} bytes")
+        return int(length)
+
+    def _drain_wire(self, data: memoryview, events: list[Event]) -> None:
+        """Handle every complete Noise message in the buffer and ``data``.
+
+        A message begun in an earlier call is completed in ``_wire_in`` with just the bytes
+        it lacks; the messages after it are read straight out of ``data``, and only an
+        incomplete last one is buffered.  So bytes are copied once at most.
+        """
+        pos, end = 0, len(data)
+        while len(self._wire_in) and self._state not in _DONE_STATES:
+            have = len(self._wire_in)
+            need = 2 - have if have < 2 else 2 + self._noise_length(self._wire_in.peek(2)) - have
+            take = min(need, end - pos)
+            self._wire_in.feed(data[pos : pos + take])
+            pos += take
+            if take < need:
                 return
+            if have < 2:
+                continue  # the length is complete now; go round for the body
             self._wire_in.skip(2)
-            message = self._wire_in.take(length)
-            if self._state in _HANDSHAKE_STATES:
-                self._handle_handshake(message, events)
-            else:
-                assert self._recv_cs is not None
-                self._drain_plaintext(self._recv_cs.decrypt_with_ad(b"", message), events)
+            self._handle_noise(self._wire_in.take(len(self._wire_in)), events)
+        while end - pos >= 2 and self._state not in _DONE_STATES:
+            length = self._noise_length(data[pos : pos + 2])
+            if end - pos < 2 + length:
+                break
+            self._handle_noise(data[pos + 2 : pos + 2 + length], events)
+            pos += 2 + length
+        if pos < end and self._state not in _DONE_STATES:
+            self._wire_in.feed(data[pos:])
+
+    def _handle_noise(self, message: bytes | memoryview, events: list[Event]) -> None:
+        if self._state in _HANDSHAKE_STATES:
+            self._handle_handshake(bytes(message), events)
+        else:
+            assert self._recv_cs is not None
+            self._drain_plaintext(self._recv_cs.decrypt_with_ad(b"", message), events)
 
     def _drain_plaintext(self, plaintext: bytes, events: list[Event]) -> None:
         """Parse the frames of a decrypted transport message.
@@ -494,18 +521,30 @@ class Connection:
         ``DATA_CHUNK``), which is what SPEC.md §8.4 asks of senders.
         """
         assert self._mux is not None and self._send_cs is not None
-        encrypt = self._send_cs.encrypt_with_ad
-        batch = bytearray()
+        messages: list[list[bytes | memoryview]] = []
+        size = MAX_PLAINTEXT_LEN + 1  # forces a new message for the first frame
         left = 0  # bytes of the current frame still to come; a frame may be several pieces
         for piece in self._mux.out:
             if not piece:
                 continue  # the empty chunk of a DATA frame that only ends a stream
             if not left:  # a frame starts with this piece: its length prefix is in it
                 left = 4 + int.from_bytes(piece[:4], "big")
-                if len(batch) + left > MAX_PLAINTEXT_LEN:
-                    self._write_noise(encrypt(b"", batch))
-                    batch.clear()
-            batch += piece
+                if size + left > MAX_PLAINTEXT_LEN:
+                    messages.append([])
+                    size = 0
+            messages[-1].append(piece)
+            size += len(piece)
             left -= len(piece)
         self._mux.out.clear()
-        self._write_noise(encrypt(b"", batch))
+        # One buffer for all the messages, each encrypted in place after its length.
+        lengths = [sum(len(p) for p in pieces) for pieces in messages]
+        out = bytearray(sum(lengths) + len(lengths) * (2 + TAG_LEN))
+        view, at = memoryview(out), 0
+        encrypt_into = self._send_cs.encrypt_into
+        for pieces, length in zip(messages, lengths, strict=True):
+            view[at : at + 2] = _U16.pack(length + TAG_LEN)
+            plain = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            encrypt_into(b"", plain, view[at + 2 : at + 2 + length + TAG_LEN])
+            at += 2 + length + TAG_LEN
+        view.release()
+        self._wire_out.append(out)

@@ -65,7 +65,9 @@ class _Stream:
     their_open: bool = True
     send_credit: int = 0
     recv_left: int = 0
-    partial: bytearray = field(default_factory=bytearray)
+    # Chunks of the message being received, kept as they came and joined once at its end.
+    partial: list[bytes | memoryview] = field(default_factory=list)
+    partial_len: int = 0
     queue: deque[tuple[memoryview, bool, bool]] = field(default_factory=deque)
     queued: int = 0
     end_queued: bool = False
@@ -273,15 +275,17 @@ class Multiplexer:
         if n > stream.recv_left:
             raise FlowControlError(f"DATA beyond the window of stream {stream_id}")
         stream.recv_left -= n
-        stream.partial += chunk
+        if n:
+            stream.partial.append(chunk)
+            stream.partial_len += n
         events: list[Event] = []
         if flags & DataFlags.END_MESSAGE:
-            size = len(stream.partial)
+            size, parts = stream.partial_len, stream.partial
             try:
-                body = decode_strict(stream.partial)
+                body = decode_strict(parts[0] if len(parts) == 1 else b"".join(parts))
             except MalformedMessage as exc:
                 return self._reset_for(stream, ErrorCode.MALFORMED, exc.msg[:200])
-            stream.partial = bytearray()
+            stream.partial, stream.partial_len = [], 0
             events.append(
                 Message(
                     stream_id=stream_id,
@@ -306,8 +310,8 @@ class Multiplexer:
 
     def _drop_partial(self, stream: _Stream) -> None:
         if stream.partial:
-            self._grant_connection(len(stream.partial))
-            stream.partial = bytearray()
+            self._grant_connection(stream.partial_len)
+            stream.partial, stream.partial_len = [], 0
 
     def _handle_credit(self, stream_id: int, increment: int) -> list[Event]:
         if stream_id == 0:

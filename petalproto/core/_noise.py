@@ -161,6 +161,26 @@ class CipherState:
         self._n = n + 1
         return ciphertext
 
+    def encrypt_into(self, ad: _BytesLike, plaintext: _BytesLike, out: memoryview) -> None:
+        """``encrypt_with_ad`` writing the ciphertext into ``out`` (exactly
+        ``len(plaintext) + TAG_LEN`` bytes) instead of a new object, for the transport's
+        hot path.
+
+        Raises:
+            LocalProtocolError: no key, the nonce is exhausted, the plaintext is too long,
+                or ``out`` has the wrong size.
+        """
+        aead = self._aead
+        if aead is None:
+            raise LocalProtocolError("encrypt_into needs a key")
+        n = self._n
+        if n == _MAX_NONCE:
+            raise LocalProtocolError("nonce exhausted: the session must be closed")
+        if len(plaintext) > MAX_PLAINTEXT_LEN or len(out) != len(plaintext) + TAG_LEN:
+            raise LocalProtocolError("bad plaintext or output size")
+        aead.encrypt_into(_pack_nonce(n), plaintext, ad, out)
+        self._n = n + 1
+
     def decrypt_with_ad(self, ad: _BytesLike, ciphertext: _BytesLike) -> bytes:
         """Decrypt one message (Noise ``DecryptWithAd``); advance the nonce only on success.
 

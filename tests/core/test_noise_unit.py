@@ -547,3 +547,21 @@ def test_garbage_raises_only_handshake_failed(pattern: str, index: int, junk: by
 def test_transport_garbage_raises_only_remote_protocol_error(junk: bytes, nonce: int) -> None:
     with contextlib.suppress(RemoteProtocolError):
         CipherState(KEY, nonce=nonce).decrypt_with_ad(b"", junk)
+
+
+def test_encrypt_into_matches_encrypt_and_checks_its_arguments() -> None:
+    from petalproto.core._errors import LocalProtocolError as _Local
+    from petalproto.core._noise import TAG_LEN as _TAG
+    from petalproto.core._noise import CipherState as _CS
+
+    key = bytes(range(32))
+    plain = b"hello, transport"
+    out = bytearray(len(plain) + _TAG)
+    _CS(key).encrypt_into(b"ad", plain, memoryview(out))
+    assert bytes(out) == _CS(key).encrypt_with_ad(b"ad", plain)
+    with pytest.raises(_Local):
+        _CS(None).encrypt_into(b"", plain, memoryview(out))
+    with pytest.raises(_Local):
+        _CS(key, nonce=2**64 - 1).encrypt_into(b"", plain, memoryview(out))
+    with pytest.raises(_Local):
+        _CS(key).encrypt_into(b"", plain, memoryview(out)[1:])
