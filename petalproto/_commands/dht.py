@@ -1,4 +1,9 @@
-"""``petal dht``: run a node that speaks the transport and serves the DHT."""
+"""``petal dht``: run a full DHT node (SPEC.md §12) that also answers ``ping``.
+
+The first line on stdout is the node's dialable address, printed (and written to
+``--address-file``) only once the node listens *and* has joined through its initial peers,
+so that a script may start the next node as soon as it reads the line.
+"""
 
 from __future__ import annotations
 
@@ -9,49 +14,57 @@ from pathlib import Path
 import trio
 
 from petalproto.net import Node
+from petalproto.net._dht import DhtService
 
 from ._common import load_identity, parse_listen, parse_peers, print_first_line, write_atomic
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 0),
-                        metavar="HOST:PORT", help="where to listen (port 0: any free port)")
-    parser.add_argument("--identity", metavar="FILE",
-                        help="identity key file (created when missing)")
-    parser.add_argument("--address-file", metavar="FILE",
-                        help="write our dialable address here once listening")
-    parser.add_argument("--announce-host", metavar="HOST",
-                        help="host to put in our address (default: the listen host)")
-    parser.add_argument("--initial-peers", nargs="*", metavar="ADDRESS", default=[],
-                        help="addresses (PEERID@HOST:PORT) of nodes to join through")
+    parser.add_argument(
+        "--listen",
+        type=parse_listen,
+        default=("127.0.0.1", 0),
+        metavar="HOST:PORT",
+        help="where to listen (port 0: any free port)",
+    )
+    parser.add_argument(
+        "--identity", metavar="FILE", help="identity key file (created when missing)"
+    )
+    parser.add_argument(
+        "--address-file",
+        metavar="FILE",
+        help="write our dialable address here once listening and joined",
+    )
+    parser.add_argument(
+        "--announce-host",
+        metavar="HOST",
+        help="host to put in our address (default: the listen host)",
+    )
+    parser.add_argument(
+        "--initial-peers",
+        nargs="*",
+        metavar="ADDRESS",
+        default=[],
+        help="addresses (PEERID@HOST:PORT) of DHT nodes to join through",
+    )
 
 
 async def serve_node(args: argparse.Namespace) -> None:
     identity = load_identity(args.identity)
     host, port = args.listen
-    node = Node(identity, host=host, port=port, announce_host=args.announce_host)
     initial = parse_peers(args.initial_peers)
+    node = Node(identity, host=host, port=port, announce_host=args.announce_host)
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)
+        dht = DhtService.for_node(node, initial_peers=initial)
+        await nursery.start(dht.run)
         print_first_line(str(node.address))
         if args.address_file:
             write_atomic(Path(args.address_file), f"{node.address}\n".encode())
-        for peer in initial:
-            nursery.start_soon(_greet, node, peer)
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
                 nursery.cancel_scope.cancel()
                 break
-
-
-async def _greet(node: Node, peer: object) -> None:
-    from petalproto.core import Address
-
-    assert isinstance(peer, Address)
-    try:
-        await node.pool.call(peer, "ping", {}, timeout=5)
-    except Exception as exc:
-        print(f"initial peer {peer} unreachable: {exc!r}", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:

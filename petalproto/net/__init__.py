@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._dht import DhtPutError, DhtService
 from ._node import AGENT, Node
 from ._peer import PeerConnection, StreamHandler
 from ._pool import ConnectionPool
@@ -11,6 +12,8 @@ from ._transport import connect, open_connection, serve_peers
 
 __all__ = [
     "AGENT",
+    "DhtPutError",
+    "DhtService",
     "Node",
     "CallContext",
     "ConnectionPool",

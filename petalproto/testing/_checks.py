@@ -76,8 +76,7 @@ def _call(initiator: Connection, responder: Connection, body: Any, *, step: int 
     assert Open in kinds and Message in kinds, f"responder saw {kinds}"
     request = next(e for e in events if isinstance(e, Message))
     responder.acknowledge(stream_id, request.size, 0.0)
-    responder.send(Message(stream_id=stream_id, body={"echo": request.body}, end_stream=True),
-                   0.0)
+    responder.send(Message(stream_id=stream_id, body={"echo": request.body}, end_stream=True), 0.0)
     reply = [e for e in _deliver(responder, initiator, step=step) if isinstance(e, Message)]
     assert len(reply) == 1 and reply[0].end_stream, reply
     return reply[0].body
@@ -87,8 +86,15 @@ def check_request_response(make_pair: MakePair) -> None:
     """A unary exchange round-trips every msgpack type and leaves no stream behind."""
     initiator, responder = make_pair()
     _shake(initiator, responder)
-    body = {"n": -3, "big": 2**63, "f": 1.5, "s": "ünïcode", "b": b"\x00\xff" * 1000,
-            "l": [None, True, False, []], "m": {"x": {}}}
+    body = {
+        "n": -3,
+        "big": 2**63,
+        "f": 1.5,
+        "s": "ünïcode",
+        "b": b"\x00\xff" * 1000,
+        "l": [None, True, False, []],
+        "m": {"x": {}},
+    }
     assert _call(initiator, responder, body) == {"echo": body}
     assert initiator.active_streams == 0 and responder.active_streams == 0
 

@@ -33,13 +33,21 @@ def _keys(*labels: str) -> Callable[[int], bytes]:
 
 def handshake_vector() -> dict[str, Any]:
     """Both sides of one handshake plus a ``ping`` call, every byte on the wire in hex."""
-    initiator_id, responder_id = Identity.from_seed(fixed_key("initiator identity")), \
-        Identity.from_seed(fixed_key("responder identity"))
-    initiator = Connection(Role.INITIATOR, identity=initiator_id,
-                           random_bytes=_keys("initiator static", "initiator ephemeral"),
-                           expected_peer=responder_id.peer_id)
-    responder = Connection(Role.RESPONDER, identity=responder_id,
-                           random_bytes=_keys("responder static", "responder ephemeral"))
+    initiator_id, responder_id = (
+        Identity.from_seed(fixed_key("initiator identity")),
+        Identity.from_seed(fixed_key("responder identity")),
+    )
+    initiator = Connection(
+        Role.INITIATOR,
+        identity=initiator_id,
+        random_bytes=_keys("initiator static", "initiator ephemeral"),
+        expected_peer=responder_id.peer_id,
+    )
+    responder = Connection(
+        Role.RESPONDER,
+        identity=responder_id,
+        random_bytes=_keys("responder static", "responder ephemeral"),
+    )
     initiator.start(0.0)
     responder.start(0.0)
     msg1 = initiator.data_to_send()
@@ -52,8 +60,10 @@ def handshake_vector() -> dict[str, Any]:
     msg3_and_call = initiator.data_to_send()
     responder.receive_data(msg3_and_call, 0.0)
     responder.acknowledge(stream_id, 1, 0.0)
-    responder.send(Message(stream_id=stream_id, body={"agent": "vector", "observed": None},
-                           end_stream=True), 0.0)
+    responder.send(
+        Message(stream_id=stream_id, body={"agent": "vector", "observed": None}, end_stream=True),
+        0.0,
+    )
     reply = responder.data_to_send()
     return {
         "initiator_identity_seed": fixed_key("initiator identity").hex(),
@@ -77,8 +87,9 @@ def sample_frames() -> dict[str, str]:
         "OPEN 1 ping": encode_frame(FrameType.OPEN, 1, "ping").hex(),
         "DATA 1 END_MESSAGE|END_STREAM {}": encode_frame(FrameType.DATA, 1, 3, b"\x80").hex(),
         "CREDIT 0 +65536": encode_frame(FrameType.CREDIT, 0, 65536).hex(),
-        "RESET 1 UNKNOWN_METHOD": encode_frame(FrameType.RESET, 1, int(ErrorCode.UNKNOWN_METHOD),
-                                               "unknown method").hex(),
+        "RESET 1 UNKNOWN_METHOD": encode_frame(
+            FrameType.RESET, 1, int(ErrorCode.UNKNOWN_METHOD), "unknown method"
+        ).hex(),
         "PING 0001020304050607": encode_frame(FrameType.PING, bytes(range(8))).hex(),
         "GOAWAY 0 NO_ERROR": encode_frame(FrameType.GOAWAY, 0, 0, "").hex(),
     }

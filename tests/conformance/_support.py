@@ -7,6 +7,8 @@ from collections.abc import Iterable
 
 import trio
 
+from petalproto.net._dht import DhtService
+
 from conformance import Case, Options, Result, load_cases, run_cases
 from petalproto.core import Address, Config, Identity
 from petalproto.net import Node
@@ -31,6 +33,7 @@ async def run_against_node(
         node: Node = await nursery.start(
             Node(Identity.from_seed(os.urandom(32)), config=config).run
         )
+        await nursery.start(DhtService.for_node(node).run)
         results = await run_cases(cases, Options.for_address(node.address, timeout=case_timeout))
         nursery.cancel_scope.cancel()
     return results
