@@ -83,9 +83,14 @@ async def _measure(address: Address, handshakes: int, messages: int) -> dict[str
 def run(handshakes: int = 50, messages: int = 128) -> dict[str, Any]:
     """Run the benchmark; returns the JSON object ``petal bench transport`` prints."""
     sink = subprocess.Popen(
-        [sys.executable, "-c", "import petalproto._bench_transport as b, trio; "
-         "trio.run(b._serve_sink)"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "import petalproto._bench_transport as b, trio; trio.run(b._serve_sink)",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert sink.stdout is not None

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from ._cli import chat_ids
 from ._convert import prepare_default_model
 from ._local_swarm import LocalSwarm
 
@@ -16,7 +17,9 @@ __all__ = ["run"]
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 
 
-def _timed_generate(model: Any, ids: torch.Tensor, tokens: int) -> tuple[torch.Tensor, float, float]:
+def _timed_generate(
+    model: Any, ids: torch.Tensor, tokens: int
+) -> tuple[torch.Tensor, float, float]:
     """Greedy generation of exactly ``tokens`` tokens: (output, ttft seconds, s/token after)."""
     kwargs = {"do_sample": False, "pad_token_id": 0}
     start = time.perf_counter()
@@ -36,11 +39,9 @@ def run(peers: int = 3, tokens: int = 48) -> dict[str, Any]:
 
     path = prepare_default_model()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}],
-                                        add_generation_prompt=True, return_tensors="pt")
-    if not isinstance(ids, torch.Tensor):
-        ids = ids["input_ids"]
-    local = AutoModelForCausalLM.from_pretrained(path).eval()
+    ids = chat_ids(tokenizer, [{"role": "user", "content": PROMPT}])
+    local: Any = AutoModelForCausalLM.from_pretrained(path)
+    local.eval()
     with torch.inference_mode():
         _timed_generate(local, ids, 4)  # warm-up
         local_out, local_ttft, local_tok = _timed_generate(local, ids, tokens)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import threading
 import time
@@ -16,7 +17,7 @@ from petalproto._commands._common import parse_peers
 from ._convert import prepare_default_model
 from ._local_swarm import LocalSwarm
 
-__all__ = ["chat_main", "demo_main", "generate_main"]
+__all__ = ["chat_ids", "chat_main", "demo_main", "generate_main"]
 
 
 def _model_path(args: argparse.Namespace) -> Path:
@@ -37,14 +38,25 @@ def _sampling(args: argparse.Namespace) -> dict[str, Any]:
     return {"do_sample": False}
 
 
-def stream_reply(model: Any, tokenizer: Any, ids: torch.Tensor, max_new_tokens: int,
-                 sampling: dict[str, Any], out: Any = sys.stdout) -> tuple[str, list[float]]:
+def stream_reply(
+    model: Any,
+    tokenizer: Any,
+    ids: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    sampling: dict[str, Any],
+    out: Any = sys.stdout,
+) -> tuple[str, list[float]]:
     """Generate and print the reply as it comes; returns it and the time of each piece."""
     from transformers import TextIteratorStreamer
 
     streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
-    kwargs = {"max_new_tokens": max_new_tokens, "streamer": streamer,
-              "pad_token_id": tokenizer.pad_token_id or tokenizer.eos_token_id, **sampling}
+    kwargs = {
+        "max_new_tokens": max_new_tokens,
+        "streamer": streamer,
+        "pad_token_id": tokenizer.pad_token_id or tokenizer.eos_token_id,
+        **sampling,
+    }
     failure: list[BaseException] = []
 
     def work() -> None:
@@ -71,9 +83,12 @@ def stream_reply(model: Any, tokenizer: Any, ids: torch.Tensor, max_new_tokens: 
     return "".join(pieces), stamps
 
 
-def _chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> torch.Tensor:
+def chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> torch.Tensor:
+    """The prompt's token ids, through the model's chat template."""
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
-    return ids if isinstance(ids, torch.Tensor) else ids["input_ids"]
+    out = ids if isinstance(ids, torch.Tensor) else ids["input_ids"]
+    assert isinstance(out, torch.Tensor)
+    return out
 
 
 def generate_main(args: argparse.Namespace) -> int:
@@ -86,8 +101,10 @@ def generate_main(args: argparse.Namespace) -> int:
         if args.raw:
             ids = tokenizer(args.prompt, return_tensors="pt")["input_ids"]
         else:
-            ids = _chat_ids(tokenizer, [{"role": "user", "content": args.prompt}])
-        stream_reply(model, tokenizer, ids, args.max_new_tokens, _sampling(args))
+            ids = chat_ids(tokenizer, [{"role": "user", "content": args.prompt}])
+        stream_reply(
+            model, tokenizer, ids, max_new_tokens=args.max_new_tokens, sampling=_sampling(args)
+        )
     finally:
         model.close()
     return 0
@@ -112,8 +129,13 @@ def chat_main(args: argparse.Namespace) -> int:
                 continue
             messages.append({"role": "user", "content": line})
             print("model> ", end="", flush=True)
-            reply, _ = stream_reply(model, tokenizer, _chat_ids(tokenizer, messages),
-                                    args.max_new_tokens, _sampling(args))
+            reply, _ = stream_reply(
+                model,
+                tokenizer,
+                chat_ids(tokenizer, messages),
+                max_new_tokens=args.max_new_tokens,
+                sampling=_sampling(args),
+            )
             messages.append({"role": "assistant", "content": reply})
     finally:
         model.close()
@@ -128,26 +150,37 @@ def demo_main(args: argparse.Namespace) -> int:
     tokenizer = AutoTokenizer.from_pretrained(path)
     print(f"starting a DHT node and {args.peers} peers on 127.0.0.1 ...", flush=True)
     with LocalSwarm(path, peers=args.peers) as swarm:
-        for (address, (start, end)), seconds in zip(swarm.servers, swarm.peer_start_seconds,
-                                                     strict=True):
-            print(f"  peer {address.peer_id.short()}… at {address.host_port()} serves blocks "
-                  f"{start}:{end} (up in {seconds:.1f} s)")
+        for (address, (start, end)), seconds in zip(
+            swarm.servers, swarm.peer_start_seconds, strict=True
+        ):
+            print(
+                f"  peer {address.peer_id.short()}… at {address.host_port()} serves blocks "
+                f"{start}:{end} (up in {seconds:.1f} s)"
+            )
         assert swarm.dht is not None
         model = _open(path, [swarm.dht], None)
         try:
             print(f"\nuser> {args.prompt}\nmodel> ", end="", flush=True)
-            ids = _chat_ids(tokenizer, [{"role": "user", "content": args.prompt}])
-            reply, stamps = stream_reply(model, tokenizer, ids, args.max_new_tokens,
-                                         {"do_sample": False})
+            ids = chat_ids(tokenizer, [{"role": "user", "content": args.prompt}])
+            reply, stamps = stream_reply(
+                model,
+                tokenizer,
+                ids,
+                max_new_tokens=args.max_new_tokens,
+                sampling={"do_sample": False},
+            )
             route = model.chain.route
         finally:
             model.close()
-    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
     if stamps:
         per = sum(gaps) / len(gaps) * 1e3 if gaps else float("nan")
-        print(f"\nfirst piece after {stamps[0] * 1e3:.0f} ms, then {per:.1f} ms per piece "
-              f"({len(stamps)} pieces)")
-    print("route: " + " -> ".join(f"{s.address.peer_id.short()}…[{s.start}:{s.end}]"
-                                  for s in route))
+        print(
+            f"\nfirst piece after {stamps[0] * 1e3:.0f} ms, then {per:.1f} ms per piece "
+            f"({len(stamps)} pieces)"
+        )
+    print(
+        "route: " + " -> ".join(f"{s.address.peer_id.short()}…[{s.start}:{s.end}]" for s in route)
+    )
     print("all processes stopped")
     return 0 if reply.strip() else 1

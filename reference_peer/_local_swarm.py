@@ -3,6 +3,7 @@ equal share of a model's blocks.  Used by ``petal demo``, ``petal bench swarm`` 
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import sys
@@ -21,7 +22,7 @@ def split_blocks(num_blocks: int, peers: int) -> list[tuple[int, int]]:
     if not 0 < peers <= num_blocks:
         raise ValueError(f"cannot split {num_blocks} blocks among {peers} peers")
     bounds = [round(i * num_blocks / peers) for i in range(peers + 1)]
-    return list(zip(bounds[:-1], bounds[1:], strict=True))
+    return list(itertools.pairwise(bounds))
 
 
 @dataclass
@@ -56,8 +57,18 @@ class LocalSwarm:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with log_file.open("wb") as log:
             popen = subprocess.Popen(
-                [sys.executable, "-m", "petalproto.cli", *args, "--address-file", str(address_file)],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                [
+                    sys.executable,
+                    "-m",
+                    "petalproto.cli",
+                    *args,
+                    "--address-file",
+                    str(address_file),
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
             )
         proc = _Process(name, popen, address_file, log_file, time.perf_counter())
         self._procs.append(proc)
@@ -90,14 +101,27 @@ class LocalSwarm:
         spans = split_blocks(total, self.peers)
         servers = []
         for i, (start, end) in enumerate(spans):
-            args = ["serve", "--model", str(self.model_path), "--blocks", f"{start}:{end}",
-                    "--listen", "127.0.0.1:0", "--initial-peers", str(self.dht), "--no-progress"]
+            args = [
+                "serve",
+                "--model",
+                str(self.model_path),
+                "--blocks",
+                f"{start}:{end}",
+                "--listen",
+                "127.0.0.1:0",
+                "--initial-peers",
+                str(self.dht),
+                "--no-progress",
+            ]
             if self.model_name:
                 args += ["--model-name", self.model_name]
             servers.append(self._spawn(f"peer{i}", args + self.extra_serve_args))
         self._wait(servers)
-        self.servers = [(p.address, span) for p, span in zip(servers, spans, strict=True)
-                        if p.address is not None]
+        self.servers = [
+            (p.address, span)
+            for p, span in zip(servers, spans, strict=True)
+            if p.address is not None
+        ]
         return self
 
     @property
@@ -110,7 +134,7 @@ class LocalSwarm:
 
     def kill_peer(self, index: int) -> None:
         """Kill peer ``index`` abruptly (for failure tests)."""
-        proc = [p for p in self._procs if p.name == f"peer{index}"][0]
+        proc = next(p for p in self._procs if p.name == f"peer{index}")
         proc.popen.kill()
         proc.popen.wait()
 

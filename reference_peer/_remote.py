@@ -11,7 +11,6 @@ that span's blocks, replays the stored inputs into it, and goes on with the same
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -23,8 +22,9 @@ import trio
 
 from petalproto.core import Address, ErrorCode, Identity, PeerId
 from petalproto.core._route import NoChain, SpanInfo, plan_chain
-from petalproto.net import ConnectionPool, RpcError, Stream, StreamReset
+from petalproto.net import ConnectionPool, DhtService, RpcError, Stream, StreamReset
 
+from ._announce import spans_from_records, spans_key
 from ._loop import LoopThread
 from ._tensors import tensor_from_wire, tensor_to_wire
 
@@ -33,15 +33,29 @@ __all__ = ["NoChain", "RemoteChain", "Swarm"]
 log = logging.getLogger("reference_peer.client")
 
 #: Errors after which another peer may well succeed.
-_PEER_FAULTS = (StreamReset, RpcError, trio.BrokenResourceError, trio.ClosedResourceError,
-                trio.TooSlowError, OSError, trio.EndOfChannel)
+_PEER_FAULTS = (
+    StreamReset,
+    RpcError,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    trio.TooSlowError,
+    OSError,
+    trio.EndOfChannel,
+)
 #: Codes that blame the request, not the peer: retrying elsewhere would fail the same way.
-_CALLER_FAULTS = {ErrorCode.BAD_TENSOR, ErrorCode.TOO_LONG, ErrorCode.BAD_REQUEST,
-                  ErrorCode.MALFORMED, ErrorCode.MESSAGE_TOO_LARGE}
+_CALLER_FAULTS = {
+    ErrorCode.BAD_TENSOR,
+    ErrorCode.TOO_LONG,
+    ErrorCode.BAD_REQUEST,
+    ErrorCode.MALFORMED,
+    ErrorCode.MESSAGE_TOO_LARGE,
+}
 #: How long a failed peer is avoided, in seconds; doubles with each further failure.
 BACKOFF = 15.0
 #: The most hidden-state bytes one step message carries; longer prompts go in pieces.
 STEP_BYTES = 4 << 20
+#: Seconds a discovery result is reused before the DHT is asked again.
+DISCOVERY_TTL = 5.0
 
 Discover = Callable[[str], Awaitable[list[SpanInfo]]]
 
@@ -61,7 +75,9 @@ class Swarm:
         initial_peers: Sequence[Address],
         *,
         identity: Identity | None = None,
+        use_dht: bool = True,
         discover: Discover | None = None,
+        join_timeout: float = 30.0,
     ) -> None:
         self.initial_peers = list(initial_peers)
         self.identity = identity or Identity.from_seed(os.urandom(32))
@@ -71,6 +87,25 @@ class Swarm:
         self._discover = discover
         self.latency: dict[PeerId, float] = {}
         self._backoff: dict[PeerId, tuple[float, int]] = {}
+        self._seen: dict[str, tuple[float, list[SpanInfo]]] = {}
+        self.dht: DhtService | None = None
+        if use_dht and discover is None:
+            try:
+                self.loop.run(self._join, join_timeout)
+            except BaseException:
+                self.loop.close()
+                raise
+
+    async def _join(self, timeout: float) -> None:
+        assert self.loop.nursery is not None
+        self.dht = DhtService(
+            self.pool, self.identity, router=None, listen=None, initial_peers=self.initial_peers
+        )
+        with trio.move_on_after(timeout) as scope:
+            await self.loop.nursery.start(self.dht.run)
+        if scope.cancelled_caught:
+            peers = ", ".join(str(p) for p in self.initial_peers) or "none given"
+            raise ConnectionError(f"could not join the swarm through its initial peers ({peers})")
 
     def close(self) -> None:
         try:
@@ -81,9 +116,23 @@ class Swarm:
     # -- discovery and planning (run inside the loop) ---------------------------------
 
     async def spans(self, model: str) -> list[SpanInfo]:
+        """Servers of ``model``: from the DHT, or by asking the initial peers directly."""
         if self._discover is not None:
             return await self._discover(model)
-        return await self._ask_initial_peers(model)
+        cached = self._seen.get(model)
+        if cached is not None and time.monotonic() - cached[0] < DISCOVERY_TTL:
+            return cached[1]
+        found: list[SpanInfo] = []
+        if self.dht is not None:
+            found = spans_from_records(await self.dht.get(spans_key(model)), model)
+        if not found:
+            found = await self._ask_initial_peers(model)
+        self._seen[model] = (time.monotonic(), found)
+        return found
+
+    def forget(self, model: str) -> None:
+        """Drop cached announcements (after a failure, look again)."""
+        self._seen.pop(model, None)
 
     async def _ask_initial_peers(self, model: str) -> list[SpanInfo]:
         found: list[SpanInfo] = []
@@ -117,8 +166,9 @@ class Swarm:
         """The cheapest chain over ``[lo, hi)``. Raises: NoChain."""
         spans = await self.spans(model)
         jitter = {s.peer_id: int.from_bytes(os.urandom(2), "big") / 65535 * 1e-4 for s in spans}
-        return plan_chain(spans, lo, hi, model=model, latency=self.latency,
-                          avoid=self.avoided(), jitter=jitter)
+        return plan_chain(
+            spans, lo, hi, model=model, latency=self.latency, avoid=self.avoided(), jitter=jitter
+        )
 
 
 def span_from_info(address: Address, info: dict[str, Any]) -> SpanInfo:
@@ -154,9 +204,19 @@ class RemoteChain:
         max_retries: peer failures tolerated within one step.
     """
 
-    def __init__(self, swarm: Swarm, model: str, num_blocks: int, *, max_length: int = 2048,
-                 step_timeout: float = 60.0, max_retries: int = 4) -> None:
+    def __init__(
+        self,
+        swarm: Swarm,
+        model: str,
+        num_blocks: int,
+        *,
+        max_length: int = 2048,
+        step_timeout: float = 60.0,
+        max_retries: int = 4,
+        owns_swarm: bool = False,
+    ) -> None:
         self.swarm, self.model, self.num_blocks = swarm, model, num_blocks
+        self.owns_swarm = owns_swarm
         self.default_max_length = max_length
         self._max_length = max_length
         self.step_timeout = step_timeout
@@ -170,16 +230,20 @@ class RemoteChain:
 
     # -- the Chain protocol (synchronous) -----------------------------------------------
 
-    def forward(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
-                position_ids: torch.Tensor) -> torch.Tensor:
-        body = {"attention_mask": tensor_to_wire(attention_mask),
-                "position_ids": tensor_to_wire(position_ids),
-                "hidden": tensor_to_wire(hidden.float())}
+    def forward(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
+    ) -> torch.Tensor:
+        body = {
+            "attention_mask": tensor_to_wire(attention_mask),
+            "position_ids": tensor_to_wire(position_ids),
+            "hidden": tensor_to_wire(hidden.float()),
+        }
         out = self.swarm.loop.run(self._forward, body)
         return tensor_from_wire(out, max_bytes=1 << 34).to(hidden.dtype)
 
-    def step(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
-             position_ids: torch.Tensor) -> torch.Tensor:
+    def step(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor
+    ) -> torch.Tensor:
         batch, new, width = hidden.shape
         per_token = max(1, batch * width * 4)
         piece = max(1, STEP_BYTES // per_token)
@@ -187,9 +251,11 @@ class RemoteChain:
         outputs = []
         for at in range(0, new, piece):
             end = min(new, at + piece)
-            body = {"hidden": tensor_to_wire(hidden[:, at:end].float()),
-                    "attention_mask": tensor_to_wire(attention_mask[:, : past + end]),
-                    "position_ids": tensor_to_wire(position_ids[:, at:end])}
+            body = {
+                "hidden": tensor_to_wire(hidden[:, at:end].float()),
+                "attention_mask": tensor_to_wire(attention_mask[:, : past + end]),
+                "position_ids": tensor_to_wire(position_ids[:, at:end]),
+            }
             out = self.swarm.loop.run(self._step, body, int(batch))
             outputs.append(tensor_from_wire(out, max_bytes=1 << 34))
         return torch.cat(outputs, dim=1).to(hidden.dtype)
@@ -201,7 +267,13 @@ class RemoteChain:
         self._max_length = self.default_max_length if max_length is None else max_length
 
     def close(self) -> None:
-        self.reset()
+        """End the session; with ``owns_swarm``, close the swarm too."""
+        try:
+            self.reset()
+        finally:
+            if self.owns_swarm:
+                self.swarm.close()
+                self.owns_swarm = False
 
     # -- inside the loop ------------------------------------------------------------------
 
@@ -212,9 +284,11 @@ class RemoteChain:
                 message = dict(body)
                 for span in chain:
                     reply = await self.swarm.pool.call(
-                        span.address, "inference.forward",
+                        span.address,
+                        "inference.forward",
                         {**message, "model": self.model, "start": span.start, "end": span.end},
-                        timeout=self.step_timeout)
+                        timeout=self.step_timeout,
+                    )
                     message["hidden"] = reply["hidden"]
                 self.route = chain
                 return message["hidden"]  # type: ignore[no-any-return]
@@ -276,16 +350,29 @@ class RemoteChain:
     async def _open_one(self, span: SpanInfo) -> _Hop:
         peer = await self.swarm.pool.get(span.address)
         stream = await peer.open_stream("inference.session")
-        await stream.send({"model": self.model, "start": span.start, "end": span.end,
-                           "batch": self._batch, "max_length": self._max_length})
+        await stream.send(
+            {
+                "model": self.model,
+                "start": span.start,
+                "end": span.end,
+                "batch": self._batch,
+                "max_length": self._max_length,
+            }
+        )
         return _Hop(span, stream)
 
     async def _replace(self, hops: list[_Hop], i: int, exc: BaseException) -> None:
         """Swap ``hops[i]`` for a fresh chain over its blocks and replay its history."""
         failed = hops[i]
-        log.warning("peer %s (blocks %d:%d) failed: %r; replacing it",
-                    failed.span.address, failed.span.start, failed.span.end, exc)
+        log.warning(
+            "peer %s (blocks %d:%d) failed: %r; replacing it",
+            failed.span.address,
+            failed.span.start,
+            failed.span.end,
+            exc,
+        )
         self.swarm.blame(failed.span.peer_id)
+        self.swarm.forget(self.model)
         await self._close_hops([failed])
         fresh = await self._open(failed.span.start, failed.span.end)
         for old in failed.history:
@@ -306,12 +393,3 @@ class RemoteChain:
                     await hop.stream.end()
                 except _PEER_FAULTS:
                     pass
-
-
-def timing_summary(samples: list[float]) -> dict[str, float]:
-    """Median and mean of per-token times, in milliseconds."""
-    if not samples:
-        return {"median_ms": math.nan, "mean_ms": math.nan}
-    ordered = sorted(samples)
-    return {"median_ms": ordered[len(ordered) // 2] * 1e3,
-            "mean_ms": sum(ordered) / len(ordered) * 1e3}

@@ -28,8 +28,14 @@ _DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
 def _progress(enabled: bool, total: int) -> Any:
     from tqdm import tqdm
 
-    return tqdm(total=total, desc="loading span", unit="step", disable=not enabled,
-                file=sys.stderr, leave=False)
+    return tqdm(
+        total=total,
+        desc="loading span",
+        unit="step",
+        disable=not enabled,
+        file=sys.stderr,
+        leave=False,
+    )
 
 
 def load_span(args: argparse.Namespace, start: int, end: int) -> Any:
@@ -38,42 +44,73 @@ def load_span(args: argparse.Namespace, start: int, end: int) -> Any:
     from ._spans import SpanModel
 
     dtype = None if args.dtype == "auto" else getattr(torch, _DTYPES[args.dtype])
-    span = SpanModel(args.model, start, end, device=args.device, dtype=dtype,
-                     quantization=args.quantize, max_sessions=args.max_sessions)
+    span = SpanModel(
+        args.model,
+        start,
+        end,
+        device=args.device,
+        dtype=dtype,
+        quantization=args.quantize,
+        max_sessions=args.max_sessions,
+    )
     span.cache_budget_bytes = args.cache_tokens * span.cache_bytes_per_token
     return span
 
 
 def serve_main(args: argparse.Namespace) -> int:
-    started = time.perf_counter()
     from ._arch import load_config, num_layers
-    from ._server import PeerServer, measure_throughput
 
     model_name = args.model_name or Path(args.model).resolve().name
     total = num_layers(load_config(args.model))
-    start, end = args.blocks if args.blocks else (0, min(args.num_blocks, total))
-    if end > total:
-        print(f"the model has {total} blocks; cannot serve {start}:{end}", file=sys.stderr)
+    if args.blocks and args.blocks[1] > total:
+        print(
+            f"the model has {total} blocks; cannot serve {args.blocks[0]}:{args.blocks[1]}",
+            file=sys.stderr,
+        )
         return 2
-    with _progress(not args.no_progress, 3) as bar:
-        span = load_span(args, start, end)
-        bar.update(2)
-        throughput = measure_throughput(span)
-        bar.update(1)
-    server = PeerServer(span, model_name, throughput=throughput)
-    log.info("span %d:%d of %s loaded in %.2f s, %.1f tokens/s", start, end, model_name,
-             time.perf_counter() - started, throughput)
-    trio.run(_serve, args, server)
+    if args.num_blocks is not None and not 0 < args.num_blocks <= total:
+        print(f"--num-blocks must be in 1..{total}", file=sys.stderr)
+        return 2
+    trio.run(_serve, args, model_name, total)
     return 0
 
 
-async def _serve(args: argparse.Namespace, server: Any) -> None:
+async def _serve(args: argparse.Namespace, model_name: str, total: int) -> None:
+    from petalproto.core._route import choose_blocks
+    from petalproto.net import DhtService
+
+    from ._announce import keep_announced, spans_from_records, spans_key
+    from ._server import PeerServer, measure_throughput
+
     identity = load_identity(args.identity)
     host, port = args.listen
     node = Node(identity, host=host, port=port, announce_host=args.announce_host)
-    server.register(node.router)
     async with trio.open_nursery() as nursery:
         await nursery.start(node.run)
+        dht = DhtService.for_node(node, initial_peers=parse_peers(args.initial_peers))
+        await nursery.start(dht.run)
+        if args.blocks:
+            start, end = args.blocks
+        else:
+            known = spans_from_records(await dht.get(spans_key(model_name)), model_name)
+            start, end = choose_blocks(known, total, args.num_blocks)
+        started = time.perf_counter()
+        with _progress(not args.no_progress, 2) as bar:
+            span = await trio.to_thread.run_sync(load_span, args, start, end)
+            bar.update(1)
+            throughput = await trio.to_thread.run_sync(measure_throughput, span)
+            bar.update(1)
+        log.info(
+            "span %d:%d of %s loaded in %.2f s, %.1f tokens/s",
+            start,
+            end,
+            model_name,
+            time.perf_counter() - started,
+            throughput,
+        )
+        server = PeerServer(span, model_name, throughput=throughput)
+        server.register(node.router)
+        await nursery.start(keep_announced, dht, identity, server, node.address)
         print_first_line(str(node.address))
         if args.address_file:
             write_atomic(Path(args.address_file), f"{node.address}\n".encode())
@@ -83,4 +120,4 @@ async def _serve(args: argparse.Namespace, server: Any) -> None:
         nursery.cancel_scope.cancel()
 
 
-__all__ = ["parse_peers", "serve_main"]
+__all__ = ["serve_main"]

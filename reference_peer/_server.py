@@ -42,8 +42,10 @@ class _Span:
 
 
 def _require(body: Any, key: str, kind: type) -> Any:
-    if not isinstance(body, dict) or not isinstance(body.get(key), kind) or (
-        kind is int and isinstance(body.get(key), bool)
+    if (
+        not isinstance(body, dict)
+        or not isinstance(body.get(key), kind)
+        or (kind is int and isinstance(body.get(key), bool))
     ):
         raise RpcError(ErrorCode.BAD_REQUEST, f"{key!r} must be {kind.__name__}")
     return body[key]
@@ -114,8 +116,9 @@ class PeerServer:
         if model != self.model:
             raise RpcError(ErrorCode.UNKNOWN_MODEL, f"this peer serves {self.model!r}")
         if (start, end) != (self.span.start, self.span.end):
-            raise RpcError(ErrorCode.WRONG_SPAN,
-                           f"this peer serves blocks {self.span.start}:{self.span.end}")
+            raise RpcError(
+                ErrorCode.WRONG_SPAN, f"this peer serves blocks {self.span.start}:{self.span.end}"
+            )
 
     async def _compute(self, fn: Any, *args: Any) -> Any:
         try:

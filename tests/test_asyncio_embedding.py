@@ -28,8 +28,11 @@ from petalproto.core import (
 
 @pytest.fixture(scope="module")
 def dht_address() -> Iterator[Address]:
-    proc = subprocess.Popen([sys.executable, "-m", "petalproto.cli", "dht", "--listen",
-                             "127.0.0.1:0"], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "petalproto.cli", "dht", "--listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert proc.stdout is not None
         yield Address.parse(proc.stdout.readline())
@@ -43,8 +46,12 @@ def dht_address() -> Iterator[Address]:
 async def asyncio_call(address: Address, method: str, body: Any) -> Any:
     loop = asyncio.get_running_loop()
     reader, writer = await asyncio.open_connection(address.host, address.port)
-    conn = Connection(Role.INITIATOR, identity=Identity.from_seed(os.urandom(32)),
-                      random_bytes=os.urandom, expected_peer=address.peer_id)
+    conn = Connection(
+        Role.INITIATOR,
+        identity=Identity.from_seed(os.urandom(32)),
+        random_bytes=os.urandom,
+        expected_peer=address.peer_id,
+    )
     conn.start(loop.time())
 
     async def pump() -> list[object]:

@@ -17,18 +17,28 @@ from petalproto.testing import _checks
 def make_pair() -> tuple[Connection, Connection]:
     config = Config(settings=Settings(stream_window=1 << 16, connection_window=1 << 18))
     a, b = Identity.from_seed(os.urandom(32)), Identity.from_seed(os.urandom(32))
-    return (Connection(Role.INITIATOR, identity=a, random_bytes=os.urandom, config=config,
-                       expected_peer=b.peer_id),
-            Connection(Role.RESPONDER, identity=b, random_bytes=os.urandom, config=config))
+    return (
+        Connection(
+            Role.INITIATOR,
+            identity=a,
+            random_bytes=os.urandom,
+            config=config,
+            expected_peer=b.peer_id,
+        ),
+        Connection(Role.RESPONDER, identity=b, random_bytes=os.urandom, config=config),
+    )
 
 
-@pytest.mark.parametrize("check", [
-    _checks.check_handshake,
-    _checks.check_request_response,
-    _checks.check_byte_at_a_time,
-    _checks.check_flow_control,
-    _checks.check_garbage_is_fatal,
-])
+@pytest.mark.parametrize(
+    "check",
+    [
+        _checks.check_handshake,
+        _checks.check_request_response,
+        _checks.check_byte_at_a_time,
+        _checks.check_flow_control,
+        _checks.check_garbage_is_fatal,
+    ],
+)
 def test_core_checks(check: Callable[[_checks.MakePair], None]) -> None:
     check(make_pair)
 

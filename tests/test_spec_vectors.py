@@ -13,7 +13,7 @@ SPEC = Path(__file__).parents[1] / "SPEC.md"
 
 def _appendix_values() -> dict[str, str]:
     text = SPEC.read_text()
-    appendix = text[text.index("## Appendix A."):]
+    appendix = text[text.index("## Appendix A.") :]
     return dict(re.findall(r"^([A-Za-z0-9_ |{}+:]+?): ([0-9a-z]+)$", appendix, re.MULTILINE))
 
 
@@ -32,9 +32,11 @@ def test_sample_frames_match_the_spec() -> None:
 def test_the_vector_handshake_replays_into_a_fresh_responder() -> None:
     vector = handshake_vector()
     keys = [fixed_key("responder static"), fixed_key("responder ephemeral")]
-    responder = Connection(Role.RESPONDER,
-                           identity=Identity.from_seed(fixed_key("responder identity")),
-                           random_bytes=lambda n: keys.pop(0))
+    responder = Connection(
+        Role.RESPONDER,
+        identity=Identity.from_seed(fixed_key("responder identity")),
+        random_bytes=lambda n: keys.pop(0),
+    )
     responder.start(0.0)
     responder.receive_data(bytes.fromhex(vector["message_1"]), 0.0)
     assert responder.data_to_send().hex() == vector["message_2"]

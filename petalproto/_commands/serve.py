@@ -15,28 +15,52 @@ def parse_blocks(text: str) -> tuple[int, int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, metavar="PATH",
-                        help="checkpoint directory (config.json + safetensors shards)")
-    parser.add_argument("--model-name", metavar="NAME",
-                        help="the model's name in the swarm (default: the directory's name)")
+    parser.add_argument(
+        "--model",
+        required=True,
+        metavar="PATH",
+        help="checkpoint directory (config.json + safetensors shards)",
+    )
+    parser.add_argument(
+        "--model-name",
+        metavar="NAME",
+        help="the model's name in the swarm (default: the directory's name)",
+    )
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--blocks", type=parse_blocks, metavar="A:B", help="serve blocks [A, B)")
-    which.add_argument("--num-blocks", type=int, metavar="N",
-                       help="serve N blocks where the swarm is thinnest")
-    parser.add_argument("--listen", type=parse_listen, default=("127.0.0.1", 0),
-                        metavar="HOST:PORT", help="where to listen (port 0: any free port)")
+    which.add_argument(
+        "--num-blocks", type=int, metavar="N", help="serve N blocks where the swarm is thinnest"
+    )
+    parser.add_argument(
+        "--listen",
+        type=parse_listen,
+        default=("127.0.0.1", 0),
+        metavar="HOST:PORT",
+        help="where to listen (port 0: any free port)",
+    )
     parser.add_argument("--announce-host", metavar="HOST", help="host to announce")
-    parser.add_argument("--initial-peers", nargs="*", default=[], metavar="ADDRESS",
-                        help="DHT nodes to join through (PEERID@HOST:PORT)")
+    parser.add_argument(
+        "--initial-peers",
+        nargs="*",
+        default=[],
+        metavar="ADDRESS",
+        help="DHT nodes to join through (PEERID@HOST:PORT)",
+    )
     parser.add_argument("--identity", metavar="FILE", help="identity key file")
     parser.add_argument("--address-file", metavar="FILE", help="write our address here")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
-    parser.add_argument("--dtype", default="auto",
-                        choices=["auto", "float32", "float16", "bfloat16"])
+    parser.add_argument(
+        "--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"]
+    )
     parser.add_argument("--quantize", choices=["int8", "nf4"], help="bitsandbytes quantization")
     parser.add_argument("--max-sessions", type=int, default=16, metavar="N")
-    parser.add_argument("--cache-tokens", type=int, default=65536, metavar="N",
-                        help="attention-cache budget, in tokens of one sequence")
+    parser.add_argument(
+        "--cache-tokens",
+        type=int,
+        default=65536,
+        metavar="N",
+        help="attention-cache budget, in tokens of one sequence",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

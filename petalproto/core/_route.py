@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from ._address import Address
 from ._identity import PeerId
 
-__all__ = ["NoChain", "SpanInfo", "plan_chain"]
+__all__ = ["NoChain", "SpanInfo", "choose_blocks", "plan_chain"]
 
 #: Latency assumed for a peer we have not measured yet, in seconds.
 DEFAULT_LATENCY = 0.005
@@ -128,3 +128,30 @@ def plan_chain(
         chain.append(span)
         block = span.start
     return chain[::-1]
+
+
+def choose_blocks(spans: Iterable[SpanInfo], total: int, count: int) -> tuple[int, int]:
+    """Where a new server of ``count`` blocks helps most: the window of blocks that the
+    fewest announced servers cover (DESIGN: serve where the swarm is thinnest).
+
+    Ties go to windows that start where a span ends (or at 0), so that chains of whole
+    spans can form, then to the lowest start.
+
+    Raises:
+        ValueError: ``count`` is not in ``1..total``.
+    """
+    if not 0 < count <= total:
+        raise ValueError(f"cannot serve {count} of {total} blocks")
+    coverage = [0] * total
+    boundaries = {0}
+    for span in spans:
+        boundaries.update((span.start, span.end))
+        for block in range(max(span.start, 0), min(span.end, total)):
+            coverage[block] += 1
+
+    def score(start: int) -> tuple[int, int, bool, int]:
+        window = coverage[start : start + count]
+        return (max(window), sum(window), start not in boundaries, start)
+
+    start = min(range(total - count + 1), key=score)
+    return start, start + count

@@ -12,11 +12,11 @@ from ._transport import connect, open_connection, serve_peers
 
 __all__ = [
     "AGENT",
+    "CallContext",
+    "ConnectionPool",
     "DhtPutError",
     "DhtService",
     "Node",
-    "CallContext",
-    "ConnectionPool",
     "PeerConnection",
     "Router",
     "RpcError",

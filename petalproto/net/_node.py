@@ -72,12 +72,18 @@ class Node:
     async def run(self, *, task_status: trio.TaskStatus[Node] = trio.TASK_STATUS_IGNORED) -> None:
         """Serve until cancelled; reports itself started once listening."""
         async with trio.open_nursery() as nursery:
-            self._pool = ConnectionPool(nursery, self.identity, handler=self.router,
-                                        config=self.config)
+            self._pool = ConnectionPool(
+                nursery, self.identity, handler=self.router, config=self.config
+            )
             listeners = await nursery.start(
                 lambda task_status: serve_peers(
-                    self.router, self.identity, self.host, self.port, config=self.config,
-                    max_connections=self.max_connections, on_connection=self._adopt,
+                    self.router,
+                    self.identity,
+                    self.host,
+                    self.port,
+                    config=self.config,
+                    max_connections=self.max_connections,
+                    on_connection=self._adopt,
                     task_status=task_status,
                 )
             )

@@ -16,16 +16,14 @@ from typing import Any
 import trio
 
 from petalproto.core import (
-    Config,
-    ConnectionClosed,
     Connection,
+    ConnectionClosed,
     ConnState,
     EndStream,
     ErrorCode,
     Event,
     GoAway,
     HandshakeCompleted,
-    Identity,
     LocalProtocolError,
     Message,
     Open,
@@ -34,7 +32,6 @@ from petalproto.core import (
     Pong,
     RemoteProtocolError,
     Reset,
-    Role,
     Settings,
 )
 
@@ -325,8 +322,7 @@ class PeerConnection:
         """Say GOAWAY and stop; streams in flight are reset."""
         if not self._closed.is_set():
             try:
-                self._conn.send(GoAway(code=ErrorCode.NO_ERROR, reason=reason),
-                                trio.current_time())
+                self._conn.send(GoAway(code=ErrorCode.NO_ERROR, reason=reason), trio.current_time())
                 await self._flush()
             except (LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
                 pass

@@ -71,8 +71,14 @@ class ConnectionPool:
             await pending.wait()
         done = self._dialling[address.peer_id] = trio.Event()
         try:
-            peer = await connect(self._nursery, address, self.identity, handler=self._handler,
-                                 config=self._config, connect_timeout=self.connect_timeout)
+            peer = await connect(
+                self._nursery,
+                address,
+                self.identity,
+                handler=self._handler,
+                config=self._config,
+                connect_timeout=self.connect_timeout,
+            )
         finally:
             del self._dialling[address.peer_id]
             done.set()
@@ -81,8 +87,7 @@ class ConnectionPool:
         await self._evict()
         return peer
 
-    async def call(self, address: Address, method: str, body: Any, *,
-                   timeout: float = 10.0) -> Any:
+    async def call(self, address: Address, method: str, body: Any, *, timeout: float = 10.0) -> Any:
         """A unary call to ``address`` over the pooled connection.
 
         Raises:

@@ -95,8 +95,9 @@ class Stream:
         if self._reset is not None:
             raise self._reset
         self._ended_by_us = self._ended_by_us or end
-        await self.peer._send_on_stream(self, Message(stream_id=self.stream_id, body=body,
-                                                end_stream=end))
+        await self.peer._send_on_stream(
+            self, Message(stream_id=self.stream_id, body=body, end_stream=end)
+        )
 
     async def end(self) -> None:
         """Half-close our direction."""

@@ -51,8 +51,13 @@ async def connect(
     with trio.fail_after(connect_timeout):
         tcp = await trio.open_tcp_stream(address.host, address.port)
         try:
-            conn = Connection(Role.INITIATOR, identity=identity, random_bytes=os.urandom,
-                              config=config, expected_peer=address.peer_id)
+            conn = Connection(
+                Role.INITIATOR,
+                identity=identity,
+                random_bytes=os.urandom,
+                config=config,
+                expected_peer=address.peer_id,
+            )
             peer = PeerConnection(tcp, conn, handler=handler, remote=(address.host, address.port))
             await nursery.start(peer.run)
         except BaseException:
@@ -76,8 +81,14 @@ async def open_connection(
         address = Address.parse(address)
     try:
         async with trio.open_nursery() as nursery:
-            peer = await connect(nursery, address, identity, handler=handler, config=config,
-                                 connect_timeout=connect_timeout)
+            peer = await connect(
+                nursery,
+                address,
+                identity,
+                handler=handler,
+                config=config,
+                connect_timeout=connect_timeout,
+            )
             try:
                 yield peer
             finally:
@@ -126,14 +137,19 @@ async def serve_peers(
         try:
             with contextlib.suppress(OSError):
                 remote = tcp.socket.getpeername()[:2]
-            conn = Connection(Role.RESPONDER, identity=identity, random_bytes=os.urandom,
-                              config=config)
+            conn = Connection(
+                Role.RESPONDER, identity=identity, random_bytes=os.urandom, config=config
+            )
             peer = PeerConnection(tcp, conn, handler=handler, remote=remote)
             async with trio.open_nursery() as nursery:
                 try:
                     await nursery.start(peer.run)
-                except (RemoteProtocolError, trio.BrokenResourceError,
-                        trio.ClosedResourceError, OSError) as exc:
+                except (
+                    RemoteProtocolError,
+                    trio.BrokenResourceError,
+                    trio.ClosedResourceError,
+                    OSError,
+                ) as exc:
                     log.debug("handshake from %s failed: %r", remote, exc)
                     return
                 if on_connection is not None:

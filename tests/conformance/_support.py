@@ -7,11 +7,10 @@ from collections.abc import Iterable
 
 import trio
 
-from petalproto.net._dht import DhtService
-
 from conformance import Case, Options, Result, load_cases, run_cases
 from petalproto.core import Address, Config, Identity
 from petalproto.net import Node
+from petalproto.net._dht import DhtService
 
 from .broken_peer import Faults, serve_broken
 

@@ -91,7 +91,7 @@ SPECIAL = {"4.2/1"}
 
 
 def _transport_cases() -> list[Case]:
-    """Cases of §1–§10; the DHT's (§12) have their own breakers in tests/net."""
+    """Cases of §1-§10; the DHT's (§12) have their own breakers in tests/net."""
     return [c for c in all_cases() if not c.id.startswith("12.")]
 
 

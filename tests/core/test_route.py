@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 
 import pytest
@@ -74,7 +75,20 @@ def test_a_tiling_always_yields_a_contiguous_chain(widths: list[int]) -> None:
     bounds = [0]
     for width in widths:
         bounds.append(bounds[-1] + width)
-    spans = [span(a, b) for a, b in zip(bounds, bounds[1:], strict=False)]
+    spans = [span(a, b) for a, b in itertools.pairwise(bounds)]
     chain = plan_chain(spans, 0, bounds[-1])
     assert chain[0].start == 0 and chain[-1].end == bounds[-1]
-    assert all(x.end == y.start for x, y in zip(chain, chain[1:], strict=False))
+    assert all(x.end == y.start for x, y in itertools.pairwise(chain))
+
+
+def test_choose_blocks_fills_the_thinnest_part() -> None:
+    from petalproto.core._route import choose_blocks
+
+    assert choose_blocks([], 30, 10) == (0, 10)
+    assert choose_blocks([span(0, 10)], 30, 10) == (10, 20)
+    assert choose_blocks([span(0, 10), span(10, 20)], 30, 10) == (20, 30)
+    # Everything covered once: the window starting at a boundary wins the tie.
+    assert choose_blocks([span(0, 15), span(15, 30)], 30, 15) in {(0, 15), (15, 30)}
+    assert choose_blocks([span(0, 30), span(0, 10)], 30, 10) in {(10, 20), (20, 30)}
+    with pytest.raises(ValueError):
+        choose_blocks([], 30, 31)

@@ -25,11 +25,18 @@ async def start_pair(
     left, right = trio.testing.memory_stream_pair()
     a, b = make_identity(), make_identity()
     client = PeerConnection(
-        left, Connection(Role.INITIATOR, identity=a, random_bytes=os.urandom, config=config,
-                         expected_peer=b.peer_id)
+        left,
+        Connection(
+            Role.INITIATOR,
+            identity=a,
+            random_bytes=os.urandom,
+            config=config,
+            expected_peer=b.peer_id,
+        ),
     )
     server = PeerConnection(
-        right, Connection(Role.RESPONDER, identity=b, random_bytes=os.urandom, config=config),
+        right,
+        Connection(Role.RESPONDER, identity=b, random_bytes=os.urandom, config=config),
         handler=handler,
     )
     async with trio.open_nursery() as both:

@@ -152,12 +152,14 @@ async def test_connection_end_resets_open_streams() -> None:
 
 async def test_reset_reaches_the_other_side() -> None:
     got: list[BaseException] = []
+    arrived = trio.Event()
 
     async def wait(ctx: CallContext, stream: Stream) -> None:
         try:
             await stream.receive()
         except StreamReset as exc:
             got.append(exc)
+            arrived.set()
 
     router = Router()
     router.streaming("wait", wait)
@@ -166,7 +168,6 @@ async def test_reset_reaches_the_other_side() -> None:
         stream = await client.open_stream("wait")
         await stream.reset(ErrorCode.CANCEL, "changed my mind")
         with trio.fail_after(1):
-            while not got:
-                await trio.sleep(0.01)
+            await arrived.wait()
         assert isinstance(got[0], StreamReset) and got[0].code is ErrorCode.CANCEL
         nursery.cancel_scope.cancel()

@@ -84,8 +84,10 @@ async def test_silent_tcp_client_is_cut_at_the_handshake_timeout() -> None:
 async def test_connection_limit_refuses_extra_connections() -> None:
     async with trio.open_nursery() as nursery:
         node: Node = await nursery.start(Node(make_identity(), max_connections=2).run)
-        async with open_connection(node.address, make_identity()), \
-                open_connection(node.address, make_identity()):
+        async with (
+            open_connection(node.address, make_identity()),
+            open_connection(node.address, make_identity()),
+        ):
             with pytest.raises((HandshakeFailed, trio.BrokenResourceError, OSError)):
                 async with open_connection(node.address, make_identity(), connect_timeout=2):
                     pass  # pragma: no cover
