@@ -26,13 +26,14 @@ __all__ = ["measure_aead", "run"]
 MIB = 1 << 20
 
 
-def measure_aead(messages: int = 64, size: int = MIB) -> float:
-    """MB/s of raw ChaCha20-Poly1305 encrypt + decrypt of ``size``-byte messages."""
+def measure_aead(messages: int = 64, size: int = MIB, rounds: int = 3) -> float:
+    """MB/s of raw ChaCha20-Poly1305 encrypt + decrypt of ``size``-byte messages, in
+    ``cryptography``: the best of ``rounds``."""
     aead = ChaCha20Poly1305(os.urandom(32))
     data = os.urandom(size)
     nonce = bytes(12)
     best = 0.0
-    for _ in range(3):
+    for _ in range(rounds):
         start = time.perf_counter()
         for _ in range(messages):
             aead.decrypt(nonce, aead.encrypt(nonce, data, b""), b"")
@@ -57,7 +58,9 @@ async def _serve_sink() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def _measure(address: Address, handshakes: int, messages: int) -> dict[str, float]:
+async def _measure(
+    address: Address, handshakes: int, messages: int, rounds: int = 3
+) -> dict[str, float]:
     identity = Identity.from_seed(os.urandom(32))
     times = []
     for _ in range(handshakes):
@@ -65,9 +68,13 @@ async def _measure(address: Address, handshakes: int, messages: int) -> dict[str
         async with open_connection(address, identity):
             times.append(trio.current_time() - start)
     payload = os.urandom(MIB)
+    aead = 0.0
     async with open_connection(address, identity) as peer:
         best = 0.0
-        for _ in range(3):
+        for _ in range(rounds):
+            # The baseline is measured between the rounds, so that both see the same
+            # machine: on a shared host either alone can be slowed for a while.
+            aead = max(aead, measure_aead(messages=32, rounds=1))
             stream = await peer.open_stream("bench.sink")
             start = trio.current_time()
             for _ in range(messages):
@@ -77,7 +84,11 @@ async def _measure(address: Address, handshakes: int, messages: int) -> dict[str
             elapsed = trio.current_time() - start
             assert reply["bytes"] == messages * MIB, reply
             best = max(best, messages * MIB / elapsed / 1e6)
-    return {"handshake_ms": statistics.median(times) * 1e3, "throughput_mb_s": best}
+    return {
+        "handshake_ms": statistics.median(times) * 1e3,
+        "throughput_mb_s": best,
+        "aead_mb_s": aead,
+    }
 
 
 def run(handshakes: int = 50, messages: int = 128) -> dict[str, Any]:
@@ -103,7 +114,7 @@ def run(handshakes: int = 50, messages: int = 128) -> dict[str, Any]:
             sink.wait(timeout=5)
         except subprocess.TimeoutExpired:
             sink.kill()
-    aead = measure_aead()
+    aead = max(figures["aead_mb_s"], measure_aead())
     return {
         "handshake_ms": round(figures["handshake_ms"], 3),
         "throughput_mb_s": round(figures["throughput_mb_s"], 1),

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._errors import ErrorCode, MalformedMessage, RemoteProtocolError
-from ._msgpack import decode_strict, encode
+from ._msgpack import bin_header, decode_strict, encode
 
 __all__ = ["DataFlags", "FrameType", "decode_frame", "encode_data_frame", "encode_frame"]
 
@@ -159,22 +159,17 @@ def encode_frame(kind: FrameType, *fields: object) -> bytes:
     return _LEN.pack(len(body)) + body
 
 
-def _bin_header(n: int) -> bytes:
-    if n < 0x100:
-        return b"\xc4" + bytes((n,))
-    if n < 0x10000:
-        return b"\xc5" + struct.pack(">H", n)
-    return b"\xc6" + _LEN.pack(n)
-
-
 def encode_data_frame(
-    stream_id: int, flags: int, chunk: bytes | memoryview
+    stream_id: int, flags: int, chunk: bytes | memoryview | list[bytes | memoryview]
 ) -> list[bytes | memoryview]:
     """Encode a DATA frame as pieces, so that a large chunk is not copied (SPEC.md §8.4).
 
-    The pieces concatenate to exactly ``encode_frame(FrameType.DATA, stream_id, flags, chunk)``.
+    ``chunk`` may itself come in pieces.  The result concatenates to exactly
+    ``encode_frame(FrameType.DATA, stream_id, flags, b"".join(chunk))``.
     """
+    parts = chunk if isinstance(chunk, list) else [chunk]
+    size = sum(len(part) for part in parts)
     head = encode([int(FrameType.DATA), stream_id, flags])
     # Turn the 3-element array header into a 4-element one and append the bin header.
-    head = b"\x94" + head[1:] + _bin_header(len(chunk))
-    return [_LEN.pack(len(head) + len(chunk)) + head, chunk]
+    head = b"\x94" + head[1:] + bin_header(size)
+    return [_LEN.pack(len(head) + size) + head, *parts]

@@ -19,7 +19,14 @@ import msgpack
 
 from ._errors import LocalProtocolError, MalformedMessage
 
-__all__ = ["MAX_DEPTH", "decode_strict", "encode", "encode_canonical"]
+__all__ = [
+    "MAX_DEPTH",
+    "bin_header",
+    "decode_strict",
+    "encode",
+    "encode_canonical",
+    "encode_pieces",
+]
 
 #: Deepest nesting a received object may have (SPEC.md §5.1).  Our own messages need 6;
 #: msgpack-python's own recursion limit is 1024.
@@ -104,6 +111,79 @@ def encode(obj: object) -> bytes:
         return msgpack.packb(obj, use_bin_type=True, strict_types=False)  # type: ignore[no-any-return]
     except (TypeError, ValueError, OverflowError) as exc:
         raise LocalProtocolError(f"cannot encode: {exc}") from exc
+
+
+#: Byte strings at least this long are passed through by ``encode_pieces``, not copied.
+BIG_BYTES = 1 << 16
+#: How deep ``encode_pieces`` looks for large byte strings (tensors sit at depth 2).
+_PIECES_DEPTH = 4
+
+
+def _header(small: int, mark16: int, mark32: int, n: int) -> bytes:
+    if n < 16:
+        return bytes((small | n,))
+    if n < 0x10000:
+        return bytes((mark16,)) + n.to_bytes(2, "big")
+    return bytes((mark32,)) + n.to_bytes(4, "big")
+
+
+def bin_header(n: int) -> bytes:
+    """The msgpack header of a ``bin`` of ``n`` bytes."""
+    if n < 0x100:
+        return b"\xc4" + bytes((n,))
+    if n < 0x10000:
+        return b"\xc5" + n.to_bytes(2, "big")
+    return b"\xc6" + n.to_bytes(4, "big")
+
+
+def _has_big(obj: object, depth: int) -> bool:
+    if type(obj) is bytes:
+        return len(obj) >= BIG_BYTES
+    if depth >= _PIECES_DEPTH:
+        return False
+    if type(obj) is dict:
+        return any(_has_big(value, depth + 1) for value in obj.values())
+    if type(obj) in (list, tuple):
+        return any(_has_big(value, depth + 1) for value in obj)  # type: ignore[attr-defined]
+    return False
+
+
+def _emit(obj: object, small: list[bytes], out: list[bytes | memoryview], depth: int) -> None:
+    kind = type(obj)
+    if kind is bytes and len(obj) >= BIG_BYTES:  # type: ignore[arg-type]
+        small.append(bin_header(len(obj)))  # type: ignore[arg-type]
+        out.append(b"".join(small))
+        small.clear()
+        out.append(memoryview(obj))  # type: ignore[arg-type]
+    elif kind is dict and depth < _PIECES_DEPTH:
+        items = obj.items()  # type: ignore[attr-defined]
+        small.append(_header(0x80, 0xDE, 0xDF, len(items)))
+        for key, value in items:
+            small.append(encode(key))
+            _emit(value, small, out, depth + 1)
+    elif kind in (list, tuple) and depth < _PIECES_DEPTH:
+        small.append(_header(0x90, 0xDC, 0xDD, len(obj)))  # type: ignore[arg-type]
+        for value in obj:  # type: ignore[attr-defined]
+            _emit(value, small, out, depth + 1)
+    else:
+        small.append(encode(obj))
+
+
+def encode_pieces(obj: object) -> list[bytes | memoryview]:
+    """``encode(obj)`` as pieces whose concatenation is the same bytes, with large byte
+    strings (tensors) referenced rather than copied.
+
+    Raises:
+        LocalProtocolError: ``obj`` holds something msgpack cannot carry.
+    """
+    if not _has_big(obj, 0):
+        return [encode(obj)]
+    small: list[bytes] = []
+    out: list[bytes | memoryview] = []
+    _emit(obj, small, out, 0)
+    if small:
+        out.append(b"".join(small))
+    return out
 
 
 def _canonical(obj: object) -> object:

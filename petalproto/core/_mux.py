@@ -48,7 +48,7 @@ from ._errors import (
 )
 from ._events import EndStream, Event, GoAway, Message, Open, Ping, Pong, Reset, Settings
 from ._frames import DataFlags, FrameType, encode_data_frame, encode_frame, to_error_code
-from ._msgpack import decode_strict, encode
+from ._msgpack import decode_strict, encode_pieces
 
 __all__ = ["DATA_CHUNK", "Multiplexer"]
 
@@ -152,14 +152,19 @@ class Multiplexer:
 
     def _send_message(self, event: Message) -> None:
         stream = self._our_stream(event.stream_id)
-        data = encode(event.body)
-        if len(data) > self.theirs.stream_window:
+        pieces = encode_pieces(event.body)  # large byte strings are not copied
+        size = sum(len(piece) for piece in pieces)
+        if size > self.theirs.stream_window:
             raise LocalProtocolError(
-                f"message of {len(data)} bytes exceeds the peer's limit of "
-                f"{self.theirs.stream_window}",
+                f"message of {size} bytes exceeds the peer's limit of {self.theirs.stream_window}",
                 code=ErrorCode.MESSAGE_TOO_LARGE,
             )
-        self._queue(stream, memoryview(data), True, event.end_stream)
+        last = len(pieces) - 1
+        for i, piece in enumerate(pieces):
+            stream.queue.append((memoryview(piece), i == last, event.end_stream and i == last))
+            stream.queued += len(piece)
+        stream.end_queued = event.end_stream
+        self._pump(stream)
 
     def _queue(self, stream: _Stream, data: memoryview, whole: bool, end: bool) -> None:
         stream.queue.append((data, whole, end))
@@ -168,26 +173,42 @@ class Multiplexer:
         self._pump(stream)
 
     def _pump(self, stream: _Stream) -> None:
-        """Send queued chunks of ``stream`` as far as credit allows."""
+        """Send queued data of ``stream`` as far as credit allows.
+
+        One DATA frame takes up to ``DATA_CHUNK`` bytes from consecutive queue items of the
+        same message (a message may be queued in pieces, ``encode_pieces``), and ends
+        where the message or the stream ends.
+        """
         while stream.queue:
-            data, whole, end = stream.queue[0]
-            n = min(len(data), DATA_CHUNK, stream.send_credit, self._send_conn_credit)
-            if n == 0 and data:
-                return
-            last = n == len(data)
-            flags = (DataFlags.END_MESSAGE if last and whole else 0) | (
-                DataFlags.END_STREAM if last and end else 0
-            )
-            self.out.extend(encode_data_frame(stream.stream_id, flags, data[:n]))
-            stream.send_credit -= n
-            self._send_conn_credit -= n
-            stream.queued -= n
-            if last:
+            budget = min(DATA_CHUNK, stream.send_credit, self._send_conn_credit)
+            parts: list[bytes | memoryview] = []
+            size = flags = 0
+            # Every message's last piece ends it, so the queue never runs dry in here.
+            while True:
+                data, whole, end = stream.queue[0]
+                take = min(len(data), budget - size)
+                if take < len(data):
+                    if take:
+                        parts.append(data[:take])
+                        size += take
+                        stream.queue[0] = (data[take:], whole, end)
+                    break
                 stream.queue.popleft()
-                if end:
-                    stream.our_open = False
-            else:
-                stream.queue[0] = (data[n:], whole, end)
+                parts.append(data)
+                size += take
+                flags = (DataFlags.END_MESSAGE if whole else 0) | (
+                    DataFlags.END_STREAM if end else 0
+                )
+                if flags:
+                    break
+            if not parts:
+                return  # no credit for the next byte
+            self.out.extend(encode_data_frame(stream.stream_id, flags, parts))
+            stream.send_credit -= size
+            self._send_conn_credit -= size
+            stream.queued -= size
+            if flags & DataFlags.END_STREAM:
+                stream.our_open = False
         self._maybe_forget(stream)
 
     def _send_reset(self, stream_id: int, code: ErrorCode, reason: str) -> None:

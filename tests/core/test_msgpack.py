@@ -218,3 +218,42 @@ def test_canonical_is_decodable_and_stable(obj: Any) -> None:
         return  # a float somewhere inside
     assert decode_strict(data) == obj
     assert encode_canonical(decode_strict(data)) == data
+
+
+@given(
+    st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(-(2**63), 2**64 - 1)
+        | st.text(max_size=20)
+        | st.binary(max_size=20)
+        | st.sampled_from([b"x" * 70_000, b"\x00" * 65_536]),
+        lambda children: (
+            st.lists(children, max_size=20)
+            | st.dictionaries(st.text(max_size=5), children, max_size=20)
+        ),
+        max_leaves=40,
+    )
+)
+def test_encode_pieces_concatenate_to_encode(obj: object) -> None:
+    from petalproto.core._msgpack import encode_pieces
+
+    pieces = encode_pieces(obj)
+    assert b"".join(pieces) == encode(obj)
+    big = [p for p in pieces if isinstance(p, memoryview)]
+    assert all(len(p) >= 65_536 for p in big)
+
+
+def test_encode_pieces_headers_of_every_size() -> None:
+    from petalproto.core._msgpack import bin_header, encode_pieces
+
+    big = b"y" * 70_000
+    for n in (0, 15, 16, 65_535, 65_536):
+        as_list = [big] + [0] * (n - 1) if n else []
+        assert b"".join(encode_pieces(as_list)) == encode(as_list)
+        as_map = {str(i): (big if i == 0 else i) for i in range(n)}
+        assert b"".join(encode_pieces(as_map)) == encode(as_map)
+    assert bin_header(5) == b"\xc4\x05"
+    deep = [[[[[big]]]]]  # beyond the depth that is searched: encoded whole
+    assert encode_pieces(deep) == [encode(deep)]
+    assert encode_pieces(({"t": big},))[0][:1] == b"\x91"
