@@ -93,6 +93,13 @@ class _ChainClient:
     def _install_chain(self, chain: Chain, blocks: nn.ModuleList, base: nn.Module) -> None:
         self.chain = chain
         self._chain_block = _ChainBlock(self)
+        # Model loops read plain attributes of their blocks (transformers 5.0 looks up
+        # ``decoder_layer.attention_type`` to pick a mask): keep those of the block we replace.
+        for name, value in vars(blocks[0]).items():
+            if not name.startswith("_") and name != "training" and name not in vars(
+                self._chain_block
+            ):
+                object.__setattr__(self._chain_block, name, value)
         blocks[0] = self._chain_block
         self._inputs = (None, None)
         self._session_cache = None
@@ -327,5 +334,9 @@ def _distributed_class(kind: Any, model_class: type) -> type:
     classes: dict[type, type] = kind._classes
     if model_class not in classes:
         name = f"Distributed{model_class.__name__}"
-        classes[model_class] = type(name, (kind, model_class), {"__module__": __name__})
+        # The architecture's module, because transformers inspects the source file of a
+        # model's module to decide what the class supports (5.0's experts implementation).
+        classes[model_class] = type(
+            name, (kind, model_class), {"__module__": model_class.__module__}
+        )
     return classes[model_class]
