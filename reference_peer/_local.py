@@ -96,8 +96,10 @@ class _ChainClient:
         # Model loops read plain attributes of their blocks (transformers 5.0 looks up
         # ``decoder_layer.attention_type`` to pick a mask): keep those of the block we replace.
         for name, value in vars(blocks[0]).items():
-            if not name.startswith("_") and name != "training" and name not in vars(
-                self._chain_block
+            if (
+                not name.startswith("_")
+                and name != "training"
+                and name not in vars(self._chain_block)
             ):
                 object.__setattr__(self._chain_block, name, value)
         blocks[0] = self._chain_block
@@ -220,15 +222,17 @@ class DistributedModelForCausalLM(_ChainClient, PreTrainedModel, GenerationMixin
                 cannot be replaced, or neither ``chain`` nor ``initial_peers`` was given.
             ConnectionError: the swarm could not be joined.
         """
-        model, blocks, config = load_client_model(
-            Path(path), AutoModelForCausalLM, device=device, dtype=dtype
+        model = _build(
+            cls,
+            Path(path),
+            AutoModelForCausalLM,
+            chain,
+            initial_peers=initial_peers,
+            model_name=model_name,
+            device=device,
+            dtype=dtype,
         )
-        model.__class__ = _distributed_class(cls, type(model))
         assert isinstance(model, cls)
-        model.full_config = config
-        chain = _resolve_chain(chain, initial_peers, model_name, Path(path), config)
-        model._install_chain(chain, blocks.of(model.base_model), model.base_model)
-        model._probe_block_output(model)
         return model
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
@@ -298,14 +302,41 @@ class DistributedModel(_ChainClient, PreTrainedModel):  # type: ignore[no-untype
                 cannot be replaced, or neither ``chain`` nor ``initial_peers`` was given.
             ConnectionError: the swarm could not be joined.
         """
-        model, blocks, config = load_client_model(Path(path), AutoModel, device=device, dtype=dtype)
-        model.__class__ = _distributed_class(cls, type(model))
+        model = _build(
+            cls,
+            Path(path),
+            AutoModel,
+            chain,
+            initial_peers=initial_peers,
+            model_name=model_name,
+            device=device,
+            dtype=dtype,
+        )
         assert isinstance(model, cls)
-        model.full_config = config
-        chain = _resolve_chain(chain, initial_peers, model_name, Path(path), config)
-        model._install_chain(chain, blocks.of(model), model)
-        model._probe_block_output(model)
         return model
+
+
+def _build(
+    cls: type,
+    path: Path,
+    auto: Any,
+    chain: Chain | None,
+    *,
+    initial_peers: Sequence[Any] | None,
+    model_name: str | None,
+    device: str | torch.device,
+    dtype: torch.dtype | None,
+) -> Any:
+    """Load a checkpoint's client parts as ``cls`` and attach the chain of its blocks."""
+    model: Any
+    model, blocks, config = load_client_model(path, auto, device=device, dtype=dtype)
+    model.__class__ = _distributed_class(cls, type(model))
+    model.full_config = config
+    chain = _resolve_chain(chain, initial_peers, model_name, path, config)
+    base = model.base_model if getattr(cls, "_is_causal", False) else model
+    model._install_chain(chain, blocks.of(base), base)
+    model._probe_block_output(model)
+    return model
 
 
 def _resolve_chain(
