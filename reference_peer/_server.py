@@ -101,6 +101,7 @@ class PeerServer:
             "start": self.span.start,
             "end": self.span.end,
             "num_blocks": int(self.span.full_config.num_hidden_layers),
+            "hidden_size": self.span.hidden_size,
             "dtype": str(self.span.dtype).removeprefix("torch."),
             "device": self.span.device.type,
             "sessions": self.sessions,
