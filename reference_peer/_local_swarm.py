@@ -45,6 +45,9 @@ class LocalSwarm:
     model_name: str | None = None
     extra_serve_args: list[str] = field(default_factory=list)
     startup_timeout: float = 120.0
+    #: Start peers one after another (each then has the machine to itself, so its start
+    #: time is its own) rather than all at once.
+    one_by_one: bool = False
 
     def __post_init__(self) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="petal-swarm-"))
@@ -76,7 +79,7 @@ class LocalSwarm:
 
     def _wait(self, procs: list[_Process]) -> None:
         deadline = time.perf_counter() + self.startup_timeout
-        pending = list(procs)
+        pending = [p for p in procs if p.address is None]
         while pending:
             for proc in list(pending):
                 if proc.address_file.exists() and proc.address_file.read_text().strip():
@@ -116,6 +119,8 @@ class LocalSwarm:
             if self.model_name:
                 args += ["--model-name", self.model_name]
             servers.append(self._spawn(f"peer{i}", args + self.extra_serve_args))
+            if self.one_by_one:
+                self._wait(servers[-1:])
         self._wait(servers)
         self.servers = [
             (p.address, span)
@@ -132,9 +137,32 @@ class LocalSwarm:
     def processes(self) -> list[tuple[str, int]]:
         return [(p.name, p.popen.pid) for p in self._procs]
 
-    def kill_peer(self, index: int) -> None:
-        """Kill peer ``index`` abruptly (for failure tests)."""
-        proc = next(p for p in self._procs if p.name == f"peer{index}")
+    def add_peer(self, start: int, end: int) -> Address:
+        """Start one more peer serving blocks ``[start, end)``; returns its address."""
+        assert self.dht is not None, "start() first"
+        args = [
+            "serve",
+            "--model",
+            str(self.model_path),
+            "--blocks",
+            f"{start}:{end}",
+            "--listen",
+            "127.0.0.1:0",
+            "--initial-peers",
+            str(self.dht),
+            "--no-progress",
+        ]
+        if self.model_name:
+            args += ["--model-name", self.model_name]
+        proc = self._spawn(f"peer{len(self.servers)}", args + self.extra_serve_args)
+        self._wait([proc])
+        assert proc.address is not None
+        self.servers.append((proc.address, (start, end)))
+        return proc.address
+
+    def kill(self, address: Address) -> None:
+        """Kill the peer at ``address`` abruptly (for failure tests)."""
+        proc = next(p for p in self._procs if p.address == address)
         proc.popen.kill()
         proc.popen.wait()
 
