@@ -56,7 +56,8 @@ def test_three_peer_processes_give_the_local_answer_and_survive_a_failure() -> N
                     middle = next(s for s in chain.route if s.start == 10)
                     killed.append(middle.address)
                     swarm.kill(middle.address)
-                return real_step(*args)
+                out: torch.Tensor = real_step(*args)
+                return out
 
             chain.step = step_then_kill
             assert torch.equal(model.generate(**kwargs), expected)
