@@ -47,7 +47,7 @@ def run(peers: int = 3, tokens: int = 48) -> dict[str, Any]:
         local_out, local_ttft, local_tok = _timed_generate(local, ids, tokens)
     del local
     start = time.perf_counter()
-    with LocalSwarm(path, peers=peers) as swarm:
+    with LocalSwarm(path, peers=peers, one_by_one=True) as swarm:
         started = time.perf_counter() - start
         model = DistributedModelForCausalLM.from_pretrained(path, initial_peers=[swarm.dht])
         try:
