@@ -91,8 +91,9 @@ SPECIAL = {"4.2/1"}
 
 
 def _transport_cases() -> list[Case]:
-    """Cases of §1-§10; the DHT's (§12) have their own breakers in tests/net."""
-    return [c for c in all_cases() if not c.id.startswith("12.")]
+    """Cases of §1-§10; the DHT's (§12) and inference's (§13) have their own breakers, in
+    tests/net and tests/peer."""
+    return [c for c in all_cases() if not c.id.startswith(("12.", "13."))]
 
 
 def _must_cases() -> list[str]:
