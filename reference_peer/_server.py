@@ -159,7 +159,9 @@ class PeerServer:
                 mask, positions = _tensor(step, "attention_mask"), _tensor(step, "position_ids")
                 out = await self._compute(session.step, hidden, mask, positions)
                 await stream.send({"hidden": tensor_to_wire(out)})
-            await stream.end()
         finally:
+            # Free the cache before ending our direction (SPEC.md §13.5), so a client that
+            # opens its next session on seeing the end finds the budget free.
             self.sessions -= 1
             session.close()
+        await stream.end()
