@@ -96,24 +96,31 @@ async def keep_announced(
     *,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Announce now, report started, then refresh every ``ANNOUNCE_INTERVAL``; withdraw
-    when cancelled.  A server alone in its swarm has nobody to store its record yet; it
-    keeps trying at every refresh."""
+    """Announce now, report started, then refresh every ``ANNOUNCE_INTERVAL`` until
+    cancelled.  A server alone in its swarm has nobody to store its record yet; it keeps
+    trying at every refresh.  Withdrawing is ``withdraw``'s job: it needs the DHT running."""
     try:
         await dht.put(announcement(identity, server.model, server.info(), address))
     except Exception as exc:
         log.warning("could not announce ourselves yet: %r", exc)
     task_status.started()
-    try:
-        while True:
-            await trio.sleep(ANNOUNCE_INTERVAL)
-            try:
-                await dht.put(announcement(identity, server.model, server.info(), address))
-            except Exception as exc:
-                log.warning("could not refresh our announcement: %r", exc)
-    finally:
-        with trio.CancelScope(shield=True), trio.move_on_after(3):
-            try:
-                await dht.put(withdrawal(identity, server.model))
-            except Exception as exc:
-                log.info("could not withdraw our announcement: %r", exc)
+    while True:
+        await trio.sleep(ANNOUNCE_INTERVAL)
+        try:
+            await dht.put(announcement(identity, server.model, server.info(), address))
+        except Exception as exc:
+            log.warning("could not refresh our announcement: %r", exc)
+
+
+async def withdraw(dht: Any, identity: Identity, model: str, *, timeout: float = 5.0) -> bool:
+    """Replace our announcement with a withdrawal (SPEC.md §13.7); True if stored."""
+    with trio.move_on_after(timeout):
+        try:
+            stored = await dht.put(withdrawal(identity, model))
+        except Exception as exc:
+            log.info("could not withdraw our announcement: %r", exc)
+            return False
+        log.info("announcement withdrawn (%d nodes)", stored)
+        return True
+    log.info("withdrawing our announcement timed out")
+    return False

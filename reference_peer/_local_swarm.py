@@ -166,10 +166,22 @@ class LocalSwarm:
         proc.popen.kill()
         proc.popen.wait()
 
+    def stop_peer(self, address: Address) -> int:
+        """Stop the peer at ``address`` the way an operator would (SIGTERM); its exit code."""
+        proc = next(p for p in self._procs if p.address == address)
+        proc.popen.terminate()
+        return proc.popen.wait(timeout=30)
+
     def stop(self) -> None:
+        # Peers first, while the DHT node can still take their withdrawals.
         for proc in reversed(self._procs):
             if proc.popen.poll() is None:
                 proc.popen.terminate()
+                if proc.name != "dht":
+                    try:
+                        proc.popen.wait(timeout=10)
+                    except subprocess.TimeoutExpired:
+                        proc.popen.kill()
         for proc in self._procs:
             try:
                 proc.popen.wait(timeout=10)

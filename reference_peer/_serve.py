@@ -79,7 +79,7 @@ async def _serve(args: argparse.Namespace, model_name: str, total: int) -> None:
     from petalproto.core._route import choose_blocks
     from petalproto.net import DhtService
 
-    from ._announce import keep_announced, spans_from_records, spans_key
+    from ._announce import keep_announced, spans_from_records, spans_key, withdraw
     from ._server import PeerServer, measure_throughput
 
     identity = load_identity(args.identity)
@@ -110,13 +110,22 @@ async def _serve(args: argparse.Namespace, model_name: str, total: int) -> None:
         )
         server = PeerServer(span, model_name, throughput=throughput)
         server.register(node.router)
-        await nursery.start(keep_announced, dht, identity, server, node.address)
+        announcing = trio.CancelScope()
+
+        async def announce(task_status: trio.TaskStatus[None]) -> None:
+            with announcing:
+                await keep_announced(dht, identity, server, node.address, task_status=task_status)
+
+        await nursery.start(announce)
         print_first_line(str(node.address))
         if args.address_file:
             write_atomic(Path(args.address_file), f"{node.address}\n".encode())
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
                 break
+        # Withdraw while the DHT still runs, then stop everything.
+        announcing.cancel()
+        await withdraw(dht, identity, model_name)
         nursery.cancel_scope.cancel()
 
 

@@ -65,5 +65,11 @@ def test_three_peer_processes_give_the_local_answer_and_survive_a_failure() -> N
             survivor = next(a for a, span in swarm.servers if span == (10, 20) and a != killed[0])
             assert [s.address for s in chain.route if s.start == 10] == [survivor]
             assert spare in {a for a, _ in swarm.servers}
+            # An operator's SIGTERM withdraws the peer's announcement before it exits.
+            assert swarm.stop_peer(survivor) == 0
+            chain.swarm.forget(chain.model)  # no cached answer: ask the DHT again
+            found = chain.swarm.loop.run(chain.swarm.spans, chain.model)
+            assert survivor not in {s.address for s in found}
+            assert {(0, 10), (20, 30)} <= {(s.start, s.end) for s in found}
         finally:
             model.close()
