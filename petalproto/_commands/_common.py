@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from petalproto.core import Address, Identity, split_host_port
@@ -52,5 +51,5 @@ def parse_peers(values: list[str] | None) -> list[Address]:
 
 
 def print_first_line(text: str) -> None:
+    """Print a line that a supervising process waits for (addresses), unbuffered."""
     print(text, flush=True)
-    sys.stdout.flush()
