@@ -93,6 +93,15 @@ class LocalSwarm:
                 raise TimeoutError(f"{[p.name for p in pending]} did not start in time")
             time.sleep(0.02)
 
+    def _spawn_peer(self, start: int, end: int) -> _Process:
+        assert self.dht is not None, "the DHT node starts first"
+        args = ["serve", "--model", str(self.model_path), "--blocks", f"{start}:{end}"]
+        args += ["--listen", "127.0.0.1:0", "--initial-peers", str(self.dht), "--no-progress"]
+        if self.model_name:
+            args += ["--model-name", self.model_name]
+        peers = sum(1 for p in self._procs if p.name.startswith("peer"))
+        return self._spawn(f"peer{peers}", args + self.extra_serve_args)
+
     def start(self) -> LocalSwarm:
         from ._arch import load_config, num_layers
 
@@ -103,22 +112,8 @@ class LocalSwarm:
         self.dht = dht.address
         spans = split_blocks(total, self.peers)
         servers = []
-        for i, (start, end) in enumerate(spans):
-            args = [
-                "serve",
-                "--model",
-                str(self.model_path),
-                "--blocks",
-                f"{start}:{end}",
-                "--listen",
-                "127.0.0.1:0",
-                "--initial-peers",
-                str(self.dht),
-                "--no-progress",
-            ]
-            if self.model_name:
-                args += ["--model-name", self.model_name]
-            servers.append(self._spawn(f"peer{i}", args + self.extra_serve_args))
+        for start, end in spans:
+            servers.append(self._spawn_peer(start, end))
             if self.one_by_one:
                 self._wait(servers[-1:])
         self._wait(servers)
@@ -139,22 +134,7 @@ class LocalSwarm:
 
     def add_peer(self, start: int, end: int) -> Address:
         """Start one more peer serving blocks ``[start, end)``; returns its address."""
-        assert self.dht is not None, "start() first"
-        args = [
-            "serve",
-            "--model",
-            str(self.model_path),
-            "--blocks",
-            f"{start}:{end}",
-            "--listen",
-            "127.0.0.1:0",
-            "--initial-peers",
-            str(self.dht),
-            "--no-progress",
-        ]
-        if self.model_name:
-            args += ["--model-name", self.model_name]
-        proc = self._spawn(f"peer{len(self.servers)}", args + self.extra_serve_args)
+        proc = self._spawn_peer(start, end)
         self._wait([proc])
         assert proc.address is not None
         self.servers.append((proc.address, (start, end)))

@@ -22,8 +22,6 @@ from petalproto.net import Node
 
 log = logging.getLogger("reference_peer.serve")
 
-_DTYPES = {"float32": "float32", "float16": "float16", "bfloat16": "bfloat16"}
-
 
 def _progress(enabled: bool, total: int) -> Any:
     from tqdm import tqdm
@@ -43,7 +41,8 @@ def load_span(args: argparse.Namespace, start: int, end: int) -> Any:
 
     from ._spans import SpanModel
 
-    dtype = None if args.dtype == "auto" else getattr(torch, _DTYPES[args.dtype])
+    # --dtype choices are torch dtype names
+    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     span = SpanModel(
         args.model,
         start,

@@ -8,7 +8,14 @@ from pathlib import Path
 
 from petalproto.core import Address, Identity, split_host_port
 
-__all__ = ["load_identity", "parse_listen", "parse_peers", "print_first_line", "write_atomic"]
+__all__ = [
+    "add_node_arguments",
+    "load_identity",
+    "parse_listen",
+    "parse_peers",
+    "print_first_line",
+    "write_atomic",
+]
 
 
 def load_identity(path: str | None) -> Identity:
@@ -53,3 +60,35 @@ def parse_peers(values: list[str] | None) -> list[Address]:
 def print_first_line(text: str) -> None:
     """Print a line that a supervising process waits for (addresses), unbuffered."""
     print(text, flush=True)
+
+
+def add_node_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of every command that runs a node: where it listens, who it is, how it
+    joins, where it writes its address."""
+    parser.add_argument(
+        "--listen",
+        type=parse_listen,
+        default=("127.0.0.1", 0),
+        metavar="HOST:PORT",
+        help="where to listen (port 0: any free port)",
+    )
+    parser.add_argument(
+        "--identity", metavar="FILE", help="identity key file (created when missing)"
+    )
+    parser.add_argument(
+        "--address-file",
+        metavar="FILE",
+        help="write our dialable address here once it is ready to be used",
+    )
+    parser.add_argument(
+        "--announce-host",
+        metavar="HOST",
+        help="host to put in our address (default: the listen host)",
+    )
+    parser.add_argument(
+        "--initial-peers",
+        nargs="*",
+        metavar="ADDRESS",
+        default=[],
+        help="addresses (PEERID@HOST:PORT) of DHT nodes to join through",
+    )

@@ -16,37 +16,17 @@ import trio
 from petalproto.net import Node
 from petalproto.net._dht import DhtService
 
-from ._common import load_identity, parse_listen, parse_peers, print_first_line, write_atomic
+from ._common import (
+    add_node_arguments,
+    load_identity,
+    parse_peers,
+    print_first_line,
+    write_atomic,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--listen",
-        type=parse_listen,
-        default=("127.0.0.1", 0),
-        metavar="HOST:PORT",
-        help="where to listen (port 0: any free port)",
-    )
-    parser.add_argument(
-        "--identity", metavar="FILE", help="identity key file (created when missing)"
-    )
-    parser.add_argument(
-        "--address-file",
-        metavar="FILE",
-        help="write our dialable address here once listening and joined",
-    )
-    parser.add_argument(
-        "--announce-host",
-        metavar="HOST",
-        help="host to put in our address (default: the listen host)",
-    )
-    parser.add_argument(
-        "--initial-peers",
-        nargs="*",
-        metavar="ADDRESS",
-        default=[],
-        help="addresses (PEERID@HOST:PORT) of DHT nodes to join through",
-    )
+    add_node_arguments(parser)
 
 
 async def serve_node(args: argparse.Namespace) -> None:

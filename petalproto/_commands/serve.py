@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import parse_listen
+from ._common import add_node_arguments
 
 
 def parse_blocks(text: str) -> tuple[int, int]:
@@ -31,23 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument(
         "--num-blocks", type=int, metavar="N", help="serve N blocks where the swarm is thinnest"
     )
-    parser.add_argument(
-        "--listen",
-        type=parse_listen,
-        default=("127.0.0.1", 0),
-        metavar="HOST:PORT",
-        help="where to listen (port 0: any free port)",
-    )
-    parser.add_argument("--announce-host", metavar="HOST", help="host to announce")
-    parser.add_argument(
-        "--initial-peers",
-        nargs="*",
-        default=[],
-        metavar="ADDRESS",
-        help="DHT nodes to join through (PEERID@HOST:PORT)",
-    )
-    parser.add_argument("--identity", metavar="FILE", help="identity key file")
-    parser.add_argument("--address-file", metavar="FILE", help="write our address here")
+    add_node_arguments(parser)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     parser.add_argument(
         "--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"]
