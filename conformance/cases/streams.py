@@ -6,7 +6,9 @@ our stream ids are odd and the target's are even.
 
 from __future__ import annotations
 
+import functools
 import os
+from typing import Any
 
 import trio
 
@@ -76,6 +78,9 @@ R_8_5_OVERFLOW = (
 R_8_5_DISCARD = (
     "A receiver SHOULD grant credit for DATA it discards (closed streams, reset "
     "streams, malformed messages) at once."
+)
+R_8_5_GRANT = (
+    "it MUST grant all consumed credit once the sender has less than half of that window left."
 )
 R_8_6 = (
     "RESET abandons a stream in both directions with an error code (§11) and a reason; "
@@ -409,6 +414,56 @@ async def credit_for_discarded(ctx: CaseContext) -> Outcome:
     if ok and credit >= n:
         return ctx.passed(f"CREDIT(0) of {credit} bytes before the PONG")
     return ctx.violated(f"{credit} bytes of connection credit before the PONG: {seen.summary()}")
+
+
+def _ends_all(pending: set[int], frame: tuple[Any, ...]) -> bool:
+    """Strike ``frame``'s stream off ``pending`` if the frame ends it; True when none is left."""
+    if frame[0] is FrameType.DATA and frame[2] & DataFlags.END_STREAM:
+        pending.discard(frame[1])
+    return not pending
+
+
+#: Request size of the credit-return case: within one DATA chunk (SPEC.md §8.4).
+_PADDED = encode({"pad": bytes(60_000)})
+
+
+@case(
+    "8.5/6",
+    description="ping calls with 60,000-byte requests in batches, each batch answered before "
+    "the next, sent only within the connection credit the target granted, until twice its "
+    "connection_window (at most 64 MiB) went out",
+    requirement=R_8_5_GRANT,
+    expected="CREDIT(0) comes back whenever our credit runs low; every call is answered",
+)
+async def credit_comes_back(ctx: CaseContext) -> Outcome:
+    session = await ctx.open_session()
+    assert session.hello is not None
+    theirs = session.hello.settings
+    credit = theirs.connection_window
+    total = min(2 * credit, 64 << 20)
+    batch = max(1, min(theirs.max_streams // 2, 32))
+    sent, stream_id = 0, 1
+    while sent < total:
+        ids = []
+        for _ in range(batch):
+            if credit < len(_PADDED):
+                break
+            await session.send_plain(call_frames(stream_id, raw_body=_PADDED))
+            ids.append(stream_id)
+            credit -= len(_PADDED)
+            sent += len(_PADDED)
+            stream_id += 2
+        if not ids:
+            return ctx.violated(
+                f"after {sent} bytes, all consumed, the target left us {credit} bytes of "
+                "connection credit"
+            )
+        pending = set(ids)
+        seen = await session.watch(ctx.deadline, until=functools.partial(_ends_all, pending))
+        credit += sum(f[2] for f in seen.of(FrameType.CREDIT, 0))
+        if pending:
+            return ctx.violated(f"calls {sorted(pending)[:5]} unanswered: {seen.summary()}")
+    return ctx.passed(f"{sent} bytes sent in {stream_id // 2} calls; credit kept coming")
 
 
 # -- §8.6 reset ---------------------------------------------------------------------------------

@@ -116,9 +116,18 @@ class Config:
         handshake_timeout: seconds the whole handshake may take.
         keepalive_interval: seconds of silence from the peer before we PING it.
         idle_timeout: seconds of silence from the peer before we give up on it.
+        batch_credit: hold consumed credit back while the peer has at least half of a
+            window left, and grant it in one CREDIT (SPEC.md §8.5); False grants every
+            acknowledged message at once.
     """
 
-    __slots__ = ("handshake_timeout", "idle_timeout", "keepalive_interval", "settings")
+    __slots__ = (
+        "batch_credit",
+        "handshake_timeout",
+        "idle_timeout",
+        "keepalive_interval",
+        "settings",
+    )
 
     def __init__(
         self,
@@ -127,6 +136,7 @@ class Config:
         handshake_timeout: float = 10.0,
         keepalive_interval: float = 15.0,
         idle_timeout: float = 45.0,
+        batch_credit: bool = True,
     ) -> None:
         if not 0 < keepalive_interval < idle_timeout or handshake_timeout <= 0:
             raise ValueError("need 0 < keepalive_interval < idle_timeout, handshake_timeout > 0")
@@ -134,6 +144,7 @@ class Config:
         self.handshake_timeout = handshake_timeout
         self.keepalive_interval = keepalive_interval
         self.idle_timeout = idle_timeout
+        self.batch_credit = batch_credit
 
 
 class Connection:
@@ -500,6 +511,7 @@ class Connection:
             initiator=self.role is Role.INITIATOR,
             ours=self.config.settings,
             theirs=settings,
+            batch_credit=self.config.batch_credit,
         )
         self._hs = None
         self._state = ConnState.OPEN

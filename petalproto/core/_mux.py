@@ -21,9 +21,14 @@ application has consumed (``acknowledge``), so at any time
 
     bytes received - bytes acknowledged ≤ window
 
-which is the bound on what a peer can make us buffer.  A message can therefore be at most
-``stream_window`` bytes long.  A sender queues chunks beyond its credit here; the shell
-applies back-pressure by watching ``buffered()``.
+which is the bound on what a peer can make us buffer.  With ``batch_credit`` (the default)
+consumed credit is held back while the peer still has at least half of a window, and granted
+in one CREDIT once it has less, checked both when data arrives and when it is consumed (as
+HTTP/2 implementations do with WINDOW_UPDATE).  Small request/reply exchanges then cost no
+CREDIT frames at all: no extra packet, no wake-up of the peer.  It cannot deadlock: a sender
+stalls only with less than half a window left, and then everything consumed is granted.
+A message can be at most ``stream_window`` bytes long.  A sender queues chunks beyond its
+credit here; the shell applies back-pressure by watching ``buffered()``.
 
 Invariants: ``_streams`` holds exactly the live streams, and ``_their_active`` counts those
 the peer opened (so that max_streams costs O(1) per OPEN); every stream has ``our_open`` or
@@ -65,6 +70,7 @@ class _Stream:
     their_open: bool = True
     send_credit: int = 0
     recv_left: int = 0
+    held: int = 0  # consumed but not yet granted back (batch_credit)
     # Chunks of the message being received, kept as they came and joined once at its end.
     partial: list[bytes | memoryview] = field(default_factory=list)
     partial_len: int = 0
@@ -76,8 +82,11 @@ class _Stream:
 class Multiplexer:
     """The stream layer of one connection; fed decoded frames, emits frame bytes."""
 
-    def __init__(self, *, initiator: bool, ours: Settings, theirs: Settings) -> None:
+    def __init__(
+        self, *, initiator: bool, ours: Settings, theirs: Settings, batch_credit: bool = True
+    ) -> None:
         self.ours, self.theirs = ours, theirs
+        self.batch_credit = batch_credit
         self.out: list[bytes | memoryview] = []
         self._streams: dict[int, _Stream] = {}
         self._our_parity = 1 if initiator else 0
@@ -86,6 +95,7 @@ class Multiplexer:
         self._their_active = 0  # live streams the peer opened, for max_streams
         self._send_conn_credit = theirs.connection_window
         self._recv_conn_left = ours.connection_window
+        self._conn_held = 0
         self.goaway_sent: int | None = None  # last stream id we promised to serve
         self.goaway_received: int | None = None
         self._handlers: dict[FrameType, Callable[..., list[Event]]] = {
@@ -220,7 +230,8 @@ class Multiplexer:
         self.out.append(encode_frame(FrameType.RESET, stream_id, int(code), reason))
 
     def acknowledge(self, stream_id: int, size: int) -> None:
-        """The application consumed ``size`` bytes of a received message: grant them again.
+        """The application consumed ``size`` bytes of a received message: grant them again
+        (at once, or with ``batch_credit`` once the peer's credit runs below half a window).
 
         Raises:
             LocalProtocolError: ``size`` is more than the peer sent and was not granted
@@ -231,14 +242,29 @@ class Multiplexer:
         stream = self._streams.get(stream_id)
         if stream is not None and not stream.their_open:
             stream = None  # the peer sends nothing more on it: no stream credit to give
-        if size > self.ours.connection_window - self._recv_conn_left or (
-            stream is not None and stream.recv_left + size > self.ours.stream_window
+        conn_outstanding = self.ours.connection_window - self._recv_conn_left - self._conn_held
+        if size > conn_outstanding or (
+            stream is not None and stream.recv_left + stream.held + size > self.ours.stream_window
         ):
             raise LocalProtocolError(f"acknowledging {size} bytes that were not received")
-        self._grant_connection(size)
+        self._conn_held += size
+        self._grant_connection_held()
         if stream is not None:
+            stream.held += size
+            self._grant_stream_held(stream)
+
+    def _grant_connection_held(self) -> None:
+        low = self._recv_conn_left < self.ours.connection_window // 2
+        if self._conn_held and (low or not self.batch_credit):
+            size, self._conn_held = self._conn_held, 0
+            self._grant_connection(size)
+
+    def _grant_stream_held(self, stream: _Stream) -> None:
+        low = stream.recv_left < self.ours.stream_window // 2
+        if stream.held and (low or not self.batch_credit):
+            size, stream.held = stream.held, 0
             stream.recv_left += size
-            self.out.append(encode_frame(FrameType.CREDIT, stream_id, size))
+            self.out.append(encode_frame(FrameType.CREDIT, stream.stream_id, size))
 
     def _grant_connection(self, size: int) -> None:
         if size:  # an empty DATA frame used no credit, and CREDIT 0 would be malformed
@@ -286,6 +312,7 @@ class Multiplexer:
         if n > self._recv_conn_left:
             raise FlowControlError("DATA beyond the connection window")
         self._recv_conn_left -= n
+        self._grant_connection_held()
         stream = self._live(stream_id)
         if stream is None:
             self._grant_connection(n)  # a stream we already forgot: hand the credit back at once
@@ -296,6 +323,7 @@ class Multiplexer:
         if n > stream.recv_left:
             raise FlowControlError(f"DATA beyond the window of stream {stream_id}")
         stream.recv_left -= n
+        self._grant_stream_held(stream)
         if n:
             stream.partial.append(chunk)
             stream.partial_len += n

@@ -8,7 +8,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
-from petalproto.core import Connection, Identity, Message, Open, Role
+from petalproto.core import Config, Connection, Identity, Message, Open, Role
 from petalproto.core._errors import ErrorCode
 from petalproto.core._frames import FrameType, encode_frame
 
@@ -47,6 +47,7 @@ def handshake_vector() -> dict[str, Any]:
         Role.RESPONDER,
         identity=responder_id,
         random_bytes=_keys("responder static", "responder ephemeral"),
+        config=Config(batch_credit=False),  # its reply shows the CREDIT (SPEC.md A.1)
     )
     initiator.start(0.0)
     responder.start(0.0)

@@ -89,6 +89,7 @@ class Faults:
     check_message_end: bool = True
     flow_control: bool = True
     respect_peer_credit: bool = True
+    grant_consumed: bool = True  # False: never give back credit for requests it served
     echo_reset: bool = False
     serve_one_stream: bool = False
     # connection management and calls
@@ -523,6 +524,8 @@ class BrokenResponder:
         for stream_id in self._to_serve:
             stream = self.streams.pop(stream_id, None)
             if stream is not None:
+                if self.f.grant_consumed:
+                    self._grant(self.ours.stream_window - stream.recv_left)
                 self._answer(stream_id, stream)
         self._to_serve.clear()
         if self._closing and not self.streams and not self.pending:

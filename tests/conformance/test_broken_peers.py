@@ -76,6 +76,7 @@ BREAKERS: dict[str, Faults] = {
     "8.4/2": Faults(check_message_end=False),
     **_span("8.5", 1, 3, Faults(flow_control=False)),
     "8.5/4": Faults(respect_peer_credit=False),
+    "8.5/6": Faults(grant_consumed=False),
     "8.6/1": Faults(echo_reset=True),
     **_span("9.1", 1, 2, Faults(pong_echo=False)),
     **_span("9.2", 1, 3, Faults(goaway_close=False)),

@@ -6,6 +6,8 @@ import struct
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from petalproto.core import (
     Config,
@@ -123,8 +125,12 @@ def test_message_limit_is_the_receivers_stream_window() -> None:
     assert [type(e) for e in pair.transfer(i)] == [Open, Message]
 
 
+#: Grants every acknowledged message at once, to see each CREDIT frame.
+EAGER = Config(settings=SMALL, batch_credit=False)
+
+
 def test_acknowledge_sends_credit_for_the_stream_and_the_connection() -> None:
-    conn, peer = established(settings=SMALL)
+    conn, peer = established(config=EAGER)
     inject(conn, peer, (F.OPEN, 1, "m"), (F.DATA, 1, END_MESSAGE, encode(7)))
     conn.acknowledge(1, 1, 0.0)
     assert sent(conn, peer) == [(F.CREDIT, 0, 1), (F.CREDIT, 1, 1)]
@@ -133,15 +139,16 @@ def test_acknowledge_sends_credit_for_the_stream_and_the_connection() -> None:
 
 
 def test_acknowledge_after_the_peer_ended_gives_only_connection_credit() -> None:
-    conn, peer = established(settings=SMALL)
+    conn, peer = established(config=EAGER)
     inject(conn, peer, (F.OPEN, 1, "m"), (F.DATA, 1, END_MESSAGE | END_STREAM, encode(7)))
     assert conn.active_streams == 1  # our direction is still open
     conn.acknowledge(1, 1, 0.0)
     assert sent(conn, peer) == [(F.CREDIT, 0, 1)]
 
 
-def test_acknowledging_more_than_received_is_refused() -> None:
-    conn, peer = established(settings=SMALL)
+@pytest.mark.parametrize("batch", [False, True])
+def test_acknowledging_more_than_received_is_refused(batch: bool) -> None:
+    conn, peer = established(config=Config(settings=SMALL, batch_credit=batch))
     inject(
         conn,
         peer,
@@ -158,13 +165,68 @@ def test_acknowledging_more_than_received_is_refused() -> None:
     with pytest.raises(LocalProtocolError, match="not received"):
         conn.acknowledge(1, 1, 0.0)  # twice
     conn.acknowledge(3, 1, 0.0)
-    assert of_type(sent(conn, peer), F.CREDIT) == [
-        (F.CREDIT, 0, 1),
-        (F.CREDIT, 1, 1),
-        (F.CREDIT, 0, 1),
-        (F.CREDIT, 3, 1),
-    ]
+    eager = [(F.CREDIT, 0, 1), (F.CREDIT, 1, 1), (F.CREDIT, 0, 1), (F.CREDIT, 3, 1)]
+    assert of_type(sent(conn, peer), F.CREDIT) == ([] if batch else eager)
     assert conn.state is ConnState.OPEN
+
+
+def test_batched_credit_waits_until_the_peer_has_less_than_half_a_window() -> None:
+    conn, peer = established(settings=SMALL)
+    half = WINDOW // 2
+    inject(conn, peer, (F.OPEN, 1, "m"), (F.DATA, 1, END_MESSAGE, encode(_sized(half))))
+    conn.acknowledge(1, half, 0.0)  # the peer still has exactly half: nothing yet
+    assert sent(conn, peer) == []
+    inject(conn, peer, (F.DATA, 1, END_MESSAGE, encode(7)))  # now it has less
+    assert sent(conn, peer) == [(F.CREDIT, 1, half)]
+    conn.acknowledge(1, 1, 0.0)  # the stream has half again; the connection has plenty
+    assert sent(conn, peer) == []
+
+
+def test_batched_credit_is_granted_when_consumed_below_half() -> None:
+    conn, peer = established(settings=SMALL)
+    body = encode(_sized(WINDOW // 2 + 1))
+    inject(conn, peer, (F.OPEN, 1, "m"), (F.DATA, 1, END_MESSAGE, body))
+    conn.acknowledge(1, len(body), 0.0)
+    assert sent(conn, peer) == [(F.CREDIT, 1, len(body))]
+
+
+def test_batched_connection_credit_comes_back_across_streams() -> None:
+    tight = Settings(stream_window=1 << 16, connection_window=1 << 17, max_streams=8)
+    conn, peer = established(settings=tight)
+    body = encode(_sized(30_000))
+    for stream_id in (1, 3):
+        inject(conn, peer, (F.OPEN, stream_id, "m"), (F.DATA, stream_id, END_MESSAGE, body))
+        conn.acknowledge(stream_id, len(body), 0.0)
+    assert sent(conn, peer) == []
+    # The third message leaves the peer less than half the connection window: what was
+    # consumed so far comes back in one CREDIT; no stream is below half of its own window.
+    inject(conn, peer, (F.OPEN, 5, "m"), (F.DATA, 5, END_MESSAGE, body))
+    assert sent(conn, peer) == [(F.CREDIT, 0, 60_000)]
+    conn.acknowledge(5, len(body), 0.0)
+    assert sent(conn, peer) == []
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(0, WINDOW - 300), min_size=1, max_size=40))
+def test_batched_credit_never_stalls_a_sender(sizes: list[int]) -> None:
+    """Messages of any size up to the window go through when the receiver consumes each."""
+    pair = _small_pair()
+    i, r = pair.initiator, pair.responder
+    i.send(Open(stream_id=1, method="m"), 0.0)
+    pair.transfer(i)
+    for size in sizes:
+        i.send(Message(stream_id=1, body=b"m" * size), 0.0)
+        got: list[Message] = []
+        for _ in range(8):  # a few exchanges at most: data one way, credit the other
+            got += [e for e in pair.transfer(i) if isinstance(e, Message)]
+            for message in got:
+                r.acknowledge(1, message.size, 0.0)
+            if got:
+                break
+            pair.transfer(r)
+        assert len(got) == 1 and len(got[0].body) == size
+        pair.transfer(r)  # credit, if any, back to the sender
+        assert not i.buffered(1)
 
 
 def test_buffered_for_unknown_streams_and_before_the_handshake() -> None:
