@@ -1,8 +1,16 @@
 """``petal bench swarm``: the default model through N local peer processes, beside plain
-transformers generation of the same checkpoint in the same run."""
+transformers generation of the same checkpoint in the same run.
+
+The host's speed drifts while a benchmark runs (other work on the machine, frequency, caches),
+by more than the figure measured here. So the local baseline and the swarm are timed in
+alternating rounds, in ABBA order (local first in even rounds, the swarm first in odd ones),
+and ``ratio`` is the median of the rounds' own ratios: each compares two runs a few seconds
+apart. Every round's figures are in the result too.
+"""
 
 from __future__ import annotations
 
+import statistics
 import time
 from typing import Any
 
@@ -12,7 +20,7 @@ from ._cli import chat_ids
 from ._convert import prepare_default_model
 from ._local_swarm import LocalSwarm
 
-__all__ = ["run"]
+__all__ = ["run", "summarize"]
 
 PROMPT = "Write a short story about a lighthouse keeper who finds a message in a bottle."
 
@@ -32,7 +40,28 @@ def _timed_generate(
     return out, ttft, max(total - ttft, 0.0) / max(tokens - 1, 1)
 
 
-def run(peers: int = 3, tokens: int = 48) -> dict[str, Any]:
+def summarize(local: list[tuple[float, float]], swarm: list[tuple[float, float]]) -> dict[str, Any]:
+    """Figures of paired rounds.
+
+    Args:
+        local: ``(ttft, seconds per token)`` of each round's local run.
+        swarm: the same for the swarm, round by round.
+
+    Returns:
+        Medians in milliseconds, the median of the per-round ratios, and each round's ratio.
+    """
+    ratios = [s[1] / max(loc[1], 1e-12) for loc, s in zip(local, swarm, strict=True)]
+    return {
+        "local_ms_per_token": round(statistics.median(t for _, t in local) * 1e3, 2),
+        "swarm_ms_per_token": round(statistics.median(t for _, t in swarm) * 1e3, 2),
+        "ratio": round(statistics.median(ratios), 3),
+        "ratios": [round(r, 3) for r in ratios],
+        "ttft_ms": round(statistics.median(t for t, _ in swarm) * 1e3, 1),
+        "local_ttft_ms": round(statistics.median(t for t, _ in local) * 1e3, 1),
+    }
+
+
+def run(peers: int = 3, tokens: int = 48, rounds: int = 5) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from . import DistributedModelForCausalLM
@@ -42,31 +71,35 @@ def run(peers: int = 3, tokens: int = 48) -> dict[str, Any]:
     ids = chat_ids(tokenizer, [{"role": "user", "content": PROMPT}])
     local: Any = AutoModelForCausalLM.from_pretrained(path)
     local.eval()
-    with torch.inference_mode():
-        _timed_generate(local, ids, 4)  # warm-up
-        local_out, local_ttft, local_tok = _timed_generate(local, ids, tokens)
-    del local
     start = time.perf_counter()
     with LocalSwarm(path, peers=peers, one_by_one=True) as swarm:
         started = time.perf_counter() - start
         model = DistributedModelForCausalLM.from_pretrained(path, initial_peers=[swarm.dht])
+        timings: dict[str, list[tuple[float, float]]] = {"local": [], "swarm": []}
+        outputs: dict[str, list[torch.Tensor]] = {"local": [], "swarm": []}
+        contenders = {"local": local, "swarm": model}
         try:
             with torch.inference_mode():
-                _timed_generate(model, ids, 4)  # warm-up: connections, first sessions
-                swarm_out, swarm_ttft, swarm_tok = _timed_generate(model, ids, tokens)
+                for contender in contenders.values():  # warm-up: caches, first sessions
+                    _timed_generate(contender, ids, 4)
+                for i in range(rounds):
+                    for name in ("local", "swarm") if i % 2 == 0 else ("swarm", "local"):
+                        out, ttft, per_token = _timed_generate(contenders[name], ids, tokens)
+                        outputs[name].append(out)
+                        timings[name].append((ttft, per_token))
         finally:
             model.close()
         peer_start = max(swarm.peer_start_seconds)
+    reference = outputs["local"][0]
     return {
         "peers": peers,
         "tokens": tokens,
+        "rounds": rounds,
         "prompt_tokens": int(ids.shape[1]),
-        "local_ms_per_token": round(local_tok * 1e3, 2),
-        "swarm_ms_per_token": round(swarm_tok * 1e3, 2),
-        "ratio": round(swarm_tok / local_tok, 3),
-        "ttft_ms": round(swarm_ttft * 1e3, 1),
-        "local_ttft_ms": round(local_ttft * 1e3, 1),
+        **summarize(timings["local"], timings["swarm"]),
         "peer_start_s": round(peer_start, 2),
         "swarm_start_s": round(started, 2),
-        "tokens_match": bool(torch.equal(local_out, swarm_out)),
+        "tokens_match": all(
+            torch.equal(reference, out) for group in outputs.values() for out in group
+        ),
     }

@@ -79,6 +79,7 @@ async def _serve(args: argparse.Namespace, model_name: str, total: int) -> None:
     from petalproto.net import DhtService
 
     from ._announce import keep_announced, spans_from_records, spans_key, withdraw
+    from ._loop import run_in_own_thread
     from ._server import PeerServer, measure_throughput
 
     identity = load_identity(args.identity)
@@ -95,9 +96,10 @@ async def _serve(args: argparse.Namespace, model_name: str, total: int) -> None:
             start, end = choose_blocks(known, total, args.num_blocks)
         started = time.perf_counter()
         with _progress(not args.no_progress, 2) as bar:
-            span = await trio.to_thread.run_sync(load_span, args, start, end)
+            span = await run_in_own_thread(load_span, args, start, end)
             bar.update(1)
-            throughput = await trio.to_thread.run_sync(measure_throughput, span)
+            # On the loop's thread, where the steps will run too (see _server).
+            throughput = measure_throughput(span)
             bar.update(1)
         log.info(
             "span %d:%d of %s loaded in %.2f s, %.1f tokens/s",

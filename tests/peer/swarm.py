@@ -16,7 +16,7 @@ from petalproto.core import Address, Identity
 from petalproto.net import Node
 from reference_peer import SpanModel
 from reference_peer._loop import LoopThread
-from reference_peer._server import PeerServer
+from reference_peer._server import INLINE_ROWS, PeerServer
 
 
 class InProcessSwarm:
@@ -29,10 +29,17 @@ class InProcessSwarm:
         self._scopes: list[trio.CancelScope] = []
 
     def add(
-        self, path: Path, start: int, end: int, *, model: str = "tiny", **span_args: Any
+        self,
+        path: Path,
+        start: int,
+        end: int,
+        *,
+        model: str = "tiny",
+        inline_rows: int = INLINE_ROWS,
+        **span_args: Any,
     ) -> Address:
         span = SpanModel(path, start, end, device="cpu", **span_args)
-        server = PeerServer(span, model, throughput=100.0)
+        server = PeerServer(span, model, throughput=100.0, inline_rows=inline_rows)
         address, scope = self.loop.run(self._start, server)
         self.addresses.append(address)
         self.servers.append(server)

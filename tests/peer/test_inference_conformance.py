@@ -27,7 +27,7 @@ from petalproto.core import Address, ErrorCode, Identity
 from petalproto.net import CallContext, Node, RpcError, Stream
 from reference_peer import SpanModel
 from reference_peer._errors import BadTensor
-from reference_peer._server import MAX_TENSOR_BYTES, PeerServer
+from reference_peer._server import MAX_TENSOR_BYTES, PeerServer, _rows
 from reference_peer._spans import SpanSession
 from reference_peer._tensors import DTYPES, tensor_from_wire, tensor_to_wire
 
@@ -182,7 +182,7 @@ class BrokenServer(PeerServer):
         self._check(body)
         hidden, mask, positions = self._tensors(body, None, 0)
         run = self._through_cache if self.faults.stateful_forward else self.span.forward
-        out = await self._compute(run, hidden, mask, positions)
+        out = await self._compute(_rows(hidden), run, hidden, mask, positions)
         if self.faults.last_token_only:
             out = out[:, -1:]
         return {"hidden": tensor_to_wire(out)}
@@ -223,7 +223,7 @@ class BrokenServer(PeerServer):
         except trio.EndOfChannel:
             return
         batch, max_length = self._opening(opening)
-        session: SpanSession = await self._compute(self.span.open_session, batch, max_length)
+        session: SpanSession = await self._compute(1, self.span.open_session, batch, max_length)
         if not self.faults.enforce_max_length:
             session.max_length = 1 << 30
         self.sessions += 1
@@ -246,11 +246,13 @@ class BrokenServer(PeerServer):
             hidden, mask, positions = self._tensors(step, batch, session.length)
             if self.faults.stateless_steps:
                 new = hidden.shape[1]
-                fresh = await self._compute(self.span.forward, hidden, mask[:, -new:], positions)
+                fresh = await self._compute(
+                    _rows(hidden), self.span.forward, hidden, mask[:, -new:], positions
+                )
                 session.length += new
                 await stream.send({"hidden": tensor_to_wire(fresh)})
                 continue
-            out = await self._compute(session.step, hidden, mask, positions)
+            out = await self._compute(_rows(hidden), session.step, hidden, mask, positions)
             await stream.send({"hidden": tensor_to_wire(out)})
 
 

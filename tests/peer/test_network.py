@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,27 @@ def test_greedy_tokens_and_logits_match_local(
             a = model(ours).logits  # type: ignore[operator]
             b = local(ours).logits
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    finally:
+        chain.close()
+        swarm.close()
+
+
+@pytest.mark.parametrize("inline_rows", [0, 1 << 20])
+def test_steps_on_the_loop_thread_or_their_own_give_the_same_tokens(
+    inline_rows: int, tiny_checkpoint: Callable[[str], Path], servers: InProcessSwarm
+) -> None:
+    """Every request in a thread of its own (0), or every one on the loop's thread."""
+    path = tiny_checkpoint("llama")
+    for start, end in SPANS:
+        servers.add(path, start, end, inline_rows=inline_rows)
+    model, swarm, chain = _client(path, servers)
+    local: Any = AutoModelForCausalLM.from_pretrained(path)
+    threads = threading.active_count()
+    try:
+        ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
+        ours = model.generate(ids, max_new_tokens=6, do_sample=False)  # type: ignore[attr-defined]
+        assert torch.equal(ours, local.generate(ids, max_new_tokens=6, do_sample=False))
+        assert threading.active_count() <= threads  # no compute thread outlives its request
     finally:
         chain.close()
         swarm.close()
