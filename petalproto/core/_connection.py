@@ -211,6 +211,11 @@ class Connection:
     def state(self) -> ConnState:
         return self._state
 
+    @property
+    def has_data_to_send(self) -> bool:
+        """Whether ``data_to_send`` would return bytes (cheaper than calling it)."""
+        return bool(self._wire_out) or (self._mux is not None and bool(self._mux.out))
+
     def data_to_send(self) -> bytes:
         """Everything queued for the wire since the last call (``b""`` when nothing is)."""
         if self._mux is not None and self._mux.out:

@@ -168,6 +168,8 @@ class PeerConnection:
         return math.inf if deadline is None else deadline
 
     async def _flush(self) -> None:
+        if not self._conn.has_data_to_send:
+            return  # no lock, no checkpoint: most inputs and acknowledgements queue nothing
         async with self._send_lock:
             if data := self._conn.data_to_send():
                 try:
@@ -280,7 +282,8 @@ class PeerConnection:
     async def _acknowledge(self, stream_id: int, size: int) -> None:
         if size and not self._closed.is_set():
             self._conn.acknowledge(stream_id, size, trio.current_time())
-            await self._after_input([])
+            if self._conn.has_data_to_send:  # credit is batched: usually nothing to say
+                await self._after_input([])
 
     # ------------------------------------------------------------------ public
 

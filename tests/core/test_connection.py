@@ -327,3 +327,21 @@ def test_errors_are_final() -> None:
     conn.acknowledge(1, 1, 0.0)
     assert [f[0] for f in sent(conn, peer)] == [F.GOAWAY]
     assert conn.data_to_send() == b""
+
+
+def test_has_data_to_send_tracks_what_data_to_send_would_return() -> None:
+    pair = ConnectionPair(handshake=False)
+    i = pair.initiator
+    assert not i.has_data_to_send  # not started: no handshake bytes, no multiplexer
+    i.start(0.0)
+    pair.responder.start(0.0)
+    assert i.has_data_to_send  # message 1
+    pair.transfer(i)
+    assert not i.has_data_to_send
+    pair.transfer(pair.responder)
+    pair.transfer(i)
+    assert not i.has_data_to_send  # open, nothing queued
+    i.send(Open(stream_id=1, method="m"), 0.0)
+    assert i.has_data_to_send  # a frame waits in the multiplexer
+    assert i.data_to_send()
+    assert not i.has_data_to_send
