@@ -465,6 +465,12 @@ class Session:
             for i in range(0, max(len(plaintext), 1), MAX_PLAINTEXT_LEN)
         )
 
+    @property
+    def theirs(self) -> Settings:
+        """The target's settings, from its handshake payload (handshake first)."""
+        assert self.hello is not None, "handshake first"
+        return self.hello.settings
+
     async def send_plain(self, plaintext: bytes, note: str = "") -> bool:
         """Encrypt and send bytes of the frame stream (any framing, or none)."""
         self.wire.log.add("send", "plain", plaintext, note)

@@ -152,8 +152,7 @@ async def oversized_message(ctx: CaseContext) -> Outcome:
 
 async def _too_large(ctx: CaseContext, length_of: str, split: bool) -> Outcome:
     session = await ctx.open_session()
-    assert session.hello is not None
-    limit = session.hello.settings.max_frame
+    limit = session.theirs.max_frame
     length = limit + 1 if length_of == "max_frame + 1" else 0xFFFFFFFF
     header = _U32.pack(length)
     pieces = (header[:2], header[2:]) if split else (header,)
@@ -274,8 +273,7 @@ async def truncated_frame(ctx: CaseContext) -> Outcome:
 )
 async def frame_at_limit(ctx: CaseContext) -> Outcome:
     session = await ctx.open_session()
-    assert session.hello is not None
-    settings = session.hello.settings
+    settings = session.theirs
     filling = _frame_filling(settings.max_frame)
     if filling is None or len(filling[1]) > min(settings.stream_window, settings.connection_window):
         return ctx.unimplemented("max_frame exceeds the windows; no DATA frame can fill it")

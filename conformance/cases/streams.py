@@ -205,8 +205,7 @@ async def skipped_ids(ctx: CaseContext) -> Outcome:
 )
 async def beyond_max_streams(ctx: CaseContext) -> Outcome:
     session = await ctx.open_session()
-    assert session.hello is not None
-    n = session.hello.settings.max_streams
+    n = session.theirs.max_streams
     if n > 1024:
         return ctx.info(f"max_streams is {n}; not probed")
     last = 2 * n + 1
@@ -292,8 +291,7 @@ async def end_stream_mid_message(ctx: CaseContext) -> Outcome:
 )
 async def beyond_stream_window(ctx: CaseContext) -> Outcome:
     session = await ctx.open_session()
-    assert session.hello is not None
-    theirs = session.hello.settings
+    theirs = session.theirs
     window = theirs.stream_window
     chunk = min(theirs.max_frame - 16, 65_488)
     await session.send_plain(_open(1), "OPEN 1 (ping), no request yet")
@@ -353,8 +351,7 @@ async def target_respects_credit(ctx: CaseContext) -> Outcome:
     settings = Settings(stream_window=window, connection_window=window, agent="conformance")
     session = await ctx.session(settings=settings)
     await session.handshake(ctx.deadline)
-    assert session.hello is not None
-    batch = min(session.hello.settings.max_streams, 64)
+    batch = min(session.theirs.max_streams, 64)
     received, next_id, outstanding = 0, 1, 0
     while True:
         fresh = batch - outstanding
@@ -437,8 +434,7 @@ _PADDED = encode({"pad": bytes(60_000)})
 )
 async def credit_comes_back(ctx: CaseContext) -> Outcome:
     session = await ctx.open_session()
-    assert session.hello is not None
-    theirs = session.hello.settings
+    theirs = session.theirs
     credit = theirs.connection_window
     total = min(2 * credit, 64 << 20)
     batch = max(1, min(theirs.max_streams // 2, 32))
