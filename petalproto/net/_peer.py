@@ -43,6 +43,8 @@ log = logging.getLogger("petalproto.net")
 
 #: How much we read from the socket at once: four full Noise messages.
 MAX_RECV = 1 << 20
+#: Seconds a write may block, once started, before the connection is given up.
+WRITE_GRACE = 30.0
 
 StreamHandler = Callable[[Stream], Awaitable[None]]
 
@@ -172,11 +174,19 @@ class PeerConnection:
             return  # no lock, no checkpoint: most inputs and acknowledgements queue nothing
         async with self._send_lock:
             if data := self._conn.data_to_send():
-                try:
-                    await self._stream.send_all(data)
-                except BaseException:
+                # Bytes taken from the connection must reach the socket whole, or the frame
+                # stream (and the Noise nonces) breaks for every stream on the connection:
+                # a caller's cancellation (a timeout, a finished nursery) must not cut a
+                # write short. A peer that reads nothing for WRITE_GRACE seconds loses it.
+                with trio.move_on_after(WRITE_GRACE, shield=True) as grace:
+                    try:
+                        await self._stream.send_all(data)
+                    except BaseException:
+                        self._conn.send_failed()
+                        raise
+                if grace.cancelled_caught:
                     self._conn.send_failed()
-                    raise
+                    raise trio.BrokenResourceError("the peer read nothing for too long")
 
     async def _after_input(self, events: list[Event]) -> None:
         self._timer.deadline = self._deadline()

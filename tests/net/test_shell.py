@@ -171,3 +171,38 @@ async def test_reset_reaches_the_other_side() -> None:
             await arrived.wait()
         assert isinstance(got[0], StreamReset) and got[0].code is ErrorCode.CANCEL
         nursery.cancel_scope.cancel()
+
+
+async def test_a_call_cancelled_mid_write_leaves_the_connection_whole() -> None:
+    """Once bytes are taken from the connection they are written whole, even when the task
+    writing them is cancelled: a cut write would break every stream on the connection."""
+    gate = trio.Event()
+    armed = False
+
+    async with trio.open_nursery() as nursery:
+        client, _ = await start_pair(nursery, echo_router())
+        sending = client._stream.send_stream  # type: ignore[attr-defined]
+        pump = sending.send_all_hook  # moves the bytes to the other end
+
+        async def hold_writes() -> None:
+            if armed:
+                await gate.wait()
+            await pump()
+
+        sending.send_all_hook = hold_writes
+        armed = True
+        scope = trio.CancelScope()
+
+        async def cancelled_call() -> None:
+            with scope:
+                await call(client, "echo", {"big": b"x" * 1000})
+
+        nursery.start_soon(cancelled_call)
+        await trio.testing.wait_all_tasks_blocked()
+        scope.cancel()  # while its write waits for the gate
+        await trio.testing.wait_all_tasks_blocked()
+        armed = False
+        gate.set()
+        assert await call(client, "echo", 1) == {"echo": 1}
+        assert client.is_open
+        nursery.cancel_scope.cancel()
