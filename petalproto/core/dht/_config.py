@@ -24,6 +24,9 @@ class DhtConfig:
         republish_interval: seconds between republishes of our own records (1 h, Kademlia).
         max_corrections: entry-correction puts after one ``get``.
         contact_cache: parsed contacts kept between lookups (a few lookups' worth).
+        distrust_time: seconds a peer that misbehaved stays out of the routing table, even
+            when it answers or calls us again.
+        max_distrusted: the most such peers remembered (the oldest are forgotten first).
         clock_offset: unix time minus the ``now`` clock.
         routing: routing-table parameters; ``routing.k`` is the replication parameter.
         store: record-store limits.
@@ -38,6 +41,8 @@ class DhtConfig:
     republish_interval: float = 3600.0
     max_corrections: int = 20
     contact_cache: int = 4096
+    distrust_time: float = 600.0
+    max_distrusted: int = 1024
     clock_offset: float = 0.0
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     store: StoreConfig = field(default_factory=StoreConfig)

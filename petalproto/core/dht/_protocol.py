@@ -139,6 +139,7 @@ class DhtNode:
         self._published: dict[tuple[bytes, bytes], tuple[Record, float]] = {}
         self._ready: dict[int, float] = {}  # ops whose lookup ended in start(), by time
         self._contacts: dict[bytes, Contact] = {}  # parse cache shared by our lookups
+        self._distrusted: dict[PeerId, float] = {}  # misbehaved peer -> kept out until
         self._next_op = self._next_request = 1
 
     # Server side --------------------------------------------------------------------------
@@ -178,7 +179,7 @@ class DhtNode:
             except ValueError:
                 pass  # an unusable remote address: answer, but keep it out of the table
             else:
-                self._queue(self.table.observe(contact, now), None)
+                self._observe(contact, now)
         return self._handlers[request.method](self, request, sender, now)
 
     def _answer_ping(self, request: Request, sender: PeerId, now: float) -> dict[str, Any]:
@@ -325,7 +326,7 @@ class DhtNode:
         pending = self._pending.pop(request_id, None)
         if pending is None:
             return []
-        self._queue(self.table.observe(pending.contact, now), None)
+        self._observe(pending.contact, now)
         op_id, op = self._op_of(pending)
         if op is None:
             return []
@@ -357,7 +358,7 @@ class DhtNode:
         if code is None:
             self.table.record_failure(peer, now)
         else:
-            self._queue(self.table.observe(pending.contact, now), None)  # it is alive
+            self._observe(pending.contact, now)  # it is alive
         op_id, op = self._op_of(pending)
         if op is None:
             return []
@@ -438,6 +439,24 @@ class DhtNode:
         for command in commands:
             self._send(command, op_id)
 
+    def _observe(self, contact: Contact, now: float) -> None:
+        """A contact proved alive: into the routing table, unless it misbehaved lately."""
+        until = self._distrusted.get(contact.peer_id)
+        if until is not None:
+            if until > now:
+                return
+            del self._distrusted[contact.peer_id]
+        self._queue(self.table.observe(contact, now), None)
+
+    def _distrust(self, peer: PeerId, now: float) -> None:
+        """Forget ``peer`` and keep it out for ``distrust_time`` (answers to requests already
+        in flight, or its own calls, would otherwise put it straight back)."""
+        self.table.remove(peer)
+        self._distrusted.pop(peer, None)
+        self._distrusted[peer] = now + self.config.distrust_time
+        while len(self._distrusted) > self.config.max_distrusted:
+            del self._distrusted[next(iter(self._distrusted))]  # the oldest
+
     def _after_lookup(
         self, op_id: int, op: _Op, commands: list[LookupCommand], now: float
     ) -> list[DhtEvent]:
@@ -447,7 +466,7 @@ class DhtNode:
                 self._send(command, op_id)
             else:
                 events.append(command)
-                self.table.remove(command.peer)
+                self._distrust(command.peer, now)
         if op.lookup.done and op_id not in self._ready and not op.putting:
             events += self._lookup_finished(op_id, op, now)
         return events

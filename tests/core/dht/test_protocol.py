@@ -289,6 +289,34 @@ def test_misbehaving_peer_is_reported_and_dropped() -> None:
     assert peer(1) not in node.table
 
 
+def test_a_misbehaving_peer_stays_out_of_the_table_for_a_while() -> None:
+    node = _node(0, distrust_time=100.0)
+    for i in (1, 2):
+        node.table.observe(contact(i), 0.0)
+    node.find_node(os.urandom(32), 0.0)
+    first, second = node.requests_to_send()
+    bad, late = (first, second) if first.peer.peer_id == peer(1) else (second, first)
+    node.on_response(bad.request_id, {"nodes": 7}, 0.1)
+    assert peer(1) not in node.table
+    listen = {"listen": [host_of(1), 4001]}
+    assert node.handle_request(peer(1), PING, listen, 50.0) == {}  # it calls us: still out
+    assert peer(1) not in node.table
+    node.on_response(late.request_id, {"nodes": []}, 60.0)  # another peer answers: in
+    assert peer(2) in node.table
+    node.handle_request(peer(1), PING, listen, 101.0)  # distrust has run out
+    assert peer(1) in node.table
+
+
+def test_distrust_remembers_a_bounded_number_of_peers() -> None:
+    node = _node(0, max_distrusted=2)
+    for i in (1, 2, 3):
+        node._distrust(peer(i), 0.0)
+    node._distrust(peer(2), 0.0)  # again: it becomes the newest
+    assert list(node._distrusted) == [peer(3), peer(2)]
+    node.handle_request(peer(1), PING, {"listen": [host_of(1), 4001]}, 1.0)
+    assert peer(1) in node.table  # forgotten first, so no longer kept out
+
+
 def test_error_answers_keep_the_peer_alive_in_lookups() -> None:
     node = _node(0, routing=RoutingConfig(max_failures=1))
     node.table.observe(contact(1), 0.0)
