@@ -145,15 +145,14 @@ class PeerServer:
             )
 
     async def _compute(self, rows: int, fn: Any, *args: Any) -> Any:
+        inline = rows <= self.inline_rows
         try:
-            if rows <= self.inline_rows and not self.limiter.borrowed_tokens:
+            if inline and not self.limiter.borrowed_tokens:
                 # Nothing computes, and nothing can start while this runs: no need to wait
                 # for the limiter (a schedule point per step).
                 return fn(*args)
             async with self.limiter:
-                if rows <= self.inline_rows:
-                    return fn(*args)
-                return await run_in_own_thread(fn, *args)
+                return fn(*args) if inline else await run_in_own_thread(fn, *args)
         except PeerError as exc:
             raise RpcError(exc.code, str(exc)) from None
 
