@@ -85,6 +85,50 @@ class _ChainClient:
     _planned_length: int | None
     _base_signature: inspect.Signature
     _is_causal: ClassVar[bool]
+    _loader_class: ClassVar[Any]  # the Auto class that loads the checkpoint's own model
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        chain: Chain | None = None,
+        initial_peers: Sequence[Any] | None = None,
+        model_name: str | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+    ) -> Self:
+        """Load the client's part of a checkpoint (embeddings; for a causal LM also the final
+        norm and head; for an encoder its pooler) and attach a chain.
+
+        Args:
+            path: checkpoint directory (config, safetensors, generation config).
+            chain: what runs the blocks; or, with ``initial_peers``, the swarm does.
+            initial_peers: addresses (``PEERID@HOST:PORT``) of the swarm's DHT nodes.
+            model_name: the model's name in the swarm (default: the directory's name).
+            device: where the client's tensors live.
+            dtype: their dtype; fp32 on CPU by default.
+
+        Returns:
+            The model, in eval mode. ``close()`` releases its chain (and swarm).
+
+        Raises:
+            ValueError: the checkpoint lacks non-block tensors, the architecture's blocks
+                cannot be replaced, or neither ``chain`` nor ``initial_peers`` was given.
+            ConnectionError: the swarm could not be joined.
+        """
+        model = _build(
+            cls,
+            Path(path),
+            cls._loader_class,
+            chain,
+            initial_peers=initial_peers,
+            model_name=model_name,
+            device=device,
+            dtype=dtype,
+        )
+        assert isinstance(model, cls)
+        return model
 
     def close(self) -> None:
         """End the chain's session and release it (and a swarm it owns)."""
@@ -183,7 +227,7 @@ class _ChainClient:
             block.probing = False
 
 
-class DistributedModelForCausalLM(_ChainClient, PreTrainedModel, GenerationMixin):  # type: ignore[no-untyped-call]
+class DistributedModelForCausalLM(_ChainClient, PreTrainedModel, GenerationMixin):  # type: ignore[no-untyped-call,misc]
     """A causal LM whose blocks run along a chain; ``generate()`` works as usual.
 
     Instances are made by ``from_pretrained`` only: their class is a subclass of both this
@@ -191,49 +235,8 @@ class DistributedModelForCausalLM(_ChainClient, PreTrainedModel, GenerationMixin
     """
 
     _is_causal = True
+    _loader_class = AutoModelForCausalLM
     _classes: ClassVar[dict[type, type]] = {}
-
-    @classmethod
-    def from_pretrained(  # type: ignore[override]
-        cls,
-        path: str | Path,
-        *,
-        chain: Chain | None = None,
-        initial_peers: Sequence[Any] | None = None,
-        model_name: str | None = None,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype | None = None,
-    ) -> Self:
-        """Load embeddings, final norm and head of a checkpoint and attach a chain.
-
-        Args:
-            path: checkpoint directory (config, safetensors, generation config).
-            chain: what runs the blocks; or, with ``initial_peers``, the swarm does.
-            initial_peers: addresses (``PEERID@HOST:PORT``) of the swarm's DHT nodes.
-            model_name: the model's name in the swarm (default: the directory's name).
-            device: where the client's tensors live.
-            dtype: their dtype; fp32 on CPU by default.
-
-        Returns:
-            The model, in eval mode. ``close()`` releases its chain (and swarm).
-
-        Raises:
-            ValueError: the checkpoint lacks non-block tensors, the architecture's blocks
-                cannot be replaced, or neither ``chain`` nor ``initial_peers`` was given.
-            ConnectionError: the swarm could not be joined.
-        """
-        model = _build(
-            cls,
-            Path(path),
-            AutoModelForCausalLM,
-            chain,
-            initial_peers=initial_peers,
-            model_name=model_name,
-            device=device,
-            dtype=dtype,
-        )
-        assert isinstance(model, cls)
-        return model
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         """``GenerationMixin.generate`` within one chain session.
@@ -267,53 +270,12 @@ class DistributedModelForCausalLM(_ChainClient, PreTrainedModel, GenerationMixin
         return min(planned, int(limit)) if limit else planned
 
 
-class DistributedModel(_ChainClient, PreTrainedModel):  # type: ignore[no-untyped-call]
+class DistributedModel(_ChainClient, PreTrainedModel):  # type: ignore[no-untyped-call,misc]
     """An encoder (BERT-style base model) whose blocks run along a chain."""
 
     _is_causal = False
+    _loader_class = AutoModel
     _classes: ClassVar[dict[type, type]] = {}
-
-    @classmethod
-    def from_pretrained(  # type: ignore[override]
-        cls,
-        path: str | Path,
-        *,
-        chain: Chain | None = None,
-        initial_peers: Sequence[Any] | None = None,
-        model_name: str | None = None,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype | None = None,
-    ) -> Self:
-        """Load the embeddings (and pooler) of an encoder checkpoint and attach a chain.
-
-        Args:
-            path: checkpoint directory.
-            chain: what runs the blocks; or, with ``initial_peers``, the swarm does.
-            initial_peers: addresses of the swarm's DHT nodes.
-            model_name: the model's name in the swarm (default: the directory's name).
-            device: where the client's tensors live.
-            dtype: their dtype; fp32 on CPU by default.
-
-        Returns:
-            The model, in eval mode; its forward returns the model's usual output.
-
-        Raises:
-            ValueError: the checkpoint lacks non-block tensors, the architecture's blocks
-                cannot be replaced, or neither ``chain`` nor ``initial_peers`` was given.
-            ConnectionError: the swarm could not be joined.
-        """
-        model = _build(
-            cls,
-            Path(path),
-            AutoModel,
-            chain,
-            initial_peers=initial_peers,
-            model_name=model_name,
-            device=device,
-            dtype=dtype,
-        )
-        assert isinstance(model, cls)
-        return model
 
 
 def _build(
