@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from petalproto.core import Connection, Identity, Role
-from petalproto.testing._vectors import fixed_key, handshake_vector, sample_frames
+from petalproto.core import Config, Connection, Identity, Role
+from petalproto.testing._vectors import VECTOR_SETTINGS, fixed_key, handshake_vector, sample_frames
 
 SPEC = Path(__file__).parents[1] / "SPEC.md"
 
@@ -36,6 +36,7 @@ def test_the_vector_handshake_replays_into_a_fresh_responder() -> None:
         Role.RESPONDER,
         identity=Identity.from_seed(fixed_key("responder identity")),
         random_bytes=lambda n: keys.pop(0),
+        config=Config(settings=VECTOR_SETTINGS),
     )
     responder.start(0.0)
     responder.receive_data(bytes.fromhex(vector["message_1"]), 0.0)

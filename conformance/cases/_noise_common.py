@@ -42,10 +42,11 @@ R_6_3_FRAMING = (
     "Every Noise message, handshake or transport, travels as a 2-byte big-endian "
     "length followed by that many bytes (Noise §13)."
 )
-R_6_3_EARLY = "The initiator MAY send transport messages right after message 3."
-R_6_4_MSG1 = (
-    "The payload of message 1 MUST be empty; a responder MUST abort the handshake when it is not."
+R_6_3_EARLY = (
+    "The initiator MAY send transport messages right after message 3, in the same TCP write or "
+    "later;"
 )
+R_6_4_ORDER = "a receiver MUST accept the keys in any order."
 R_6_4_RANGE = (
     "A receiver MUST abort the handshake when a setting it knows is outside its allowed range."
 )

@@ -14,7 +14,7 @@ import trio
 from petalproto.core import ErrorCode
 from petalproto.core._errors import HandshakeFailed
 from petalproto.core._frames import FrameType, encode_frame
-from petalproto.core._msgpack import encode
+from petalproto.core._msgpack import decode_strict, encode
 
 from .._expect import END, handshake_abort, roundtrip
 from .._harness import QUOTE_GAP, CaseContext, Level, Outcome, Verdict, case
@@ -30,7 +30,7 @@ from ._noise_common import (
     R_6_3_FRAMING,
     R_6_3_MSG2,
     R_6_4_DEFAULTS,
-    R_6_4_MSG1,
+    R_6_4_ORDER,
     R_6_4_RANGE,
     R_6_6,
     R_6_7,
@@ -94,12 +94,12 @@ async def empty_prologue(ctx: CaseContext) -> Outcome:
 
 @case(
     "6.2/2",
-    description="handshake under the prologue of another version, petalproto/0.2",
+    description="handshake under the prologue of another version, petalproto/0.1",
     requirement=R_6_2 + QUOTE_GAP + R_6_6 + QUOTE_GAP + B_DECRYPT,
     expected="message 2 fails to authenticate for us; after a message 3 the target aborts",
 )
 async def other_version_prologue(ctx: CaseContext) -> Outcome:
-    return await _wrong_prologue(ctx, b"petalproto/0.2")
+    return await _wrong_prologue(ctx, b"petalproto/0.1")
 
 
 async def _wrong_prologue(ctx: CaseContext, prologue: bytes) -> Outcome:
@@ -306,9 +306,9 @@ async def _ping_with(session: Session, ctx: CaseContext, prefix: bytes) -> tuple
 
 
 @case(
-    "6.4/1",
+    "6.3/12",
     description="message 1 carries a 1-byte payload (33 bytes in all)",
-    requirement=R_6_4_MSG1,
+    requirement=R_6_3,
     expected=ABORT,
 )
 async def msg1_payload(ctx: CaseContext) -> Outcome:
@@ -356,6 +356,23 @@ for _ordinal, (_what, _values) in _BAD_SETTINGS.items():
 )
 async def defaultsettings_map(ctx: CaseContext) -> Outcome:
     return await msg3_accepted(ctx, lambda s: s.payload(settings={}))
+
+
+@case(
+    "6.4/11",
+    description="message 3 payload keys in reverse order, settings keys in reverse order and "
+    "max_streams left out",
+    requirement=R_6_4_ORDER,
+    expected="the handshake completes; a PING is answered",
+)
+async def reordered_payload(ctx: CaseContext) -> Outcome:
+    def build(session: Session) -> bytes:
+        settings = dict(reversed(list(settings_map(agent="conformance").items())))
+        del settings["max_streams"]
+        fields = decode_strict(session.payload(settings=settings))
+        return encode(dict(reversed(list(fields.items()))))
+
+    return await msg3_accepted(ctx, build)
 
 
 @case(

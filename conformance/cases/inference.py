@@ -108,8 +108,17 @@ R_13_5_SCHEMA = (
     "MUST answer an opening or step that breaks this schema with RESET of code BAD_REQUEST or "
     "BAD_TENSOR (§13.2)"
 )
-R_13_5_FREE = "and free the session's cache whenever the stream ends or is reset."
+R_13_5_FREE = "and free the session's cache whenever the stream ends or is reset;"
 
+R_13_4_MISSING = (
+    "A server MUST answer a request (here and in the steps of §13.5) whose `hidden`, "
+    "`attention_mask` or `position_ids` is missing or is not a map with RESET of code "
+    "BAD_TENSOR, as for any other bad tensor (§13.2);"
+)
+R_13_5_AT_ONCE = (
+    "MUST check an opening as soon as it arrives and send the RESET for a refused one at once, "
+    "without waiting for a step or for the end of the client's direction."
+)
 BAD = (ErrorCode.BAD_REQUEST, ErrorCode.BAD_TENSOR)
 #: Relative error allowed between two computations of the same tokens: identical requests
 #: (13.4/2), and a session against a cache-free forward pass (13.5/2), where the kernels of
@@ -277,6 +286,10 @@ _REFUSED = [_Refused(*row) for row in [
     ("13.5/11", OPENING, 'with batch "1", a text', _put(batch="1"), _OPEN_SCHEMA, BAD),
     ("13.5/12", STEP, "is an integer, not a map", _whole(7), R_13_5_SCHEMA, BAD),
     ("13.5/13", STEP, "has no position_ids", _drop("position_ids"), R_13_5_SCHEMA, BAD),
+    ("13.4/3", FORWARD, "with no hidden", _drop("hidden"), R_13_4_MISSING, _TENSOR),
+    ("13.4/4", FORWARD, "whose attention_mask is a list, not a tensor map",
+     _put(attention_mask=[[1, 1, 1]]), R_13_4_MISSING, _TENSOR),
+    ("13.4/5", STEP, "has no hidden", _drop("hidden"), R_13_4_MISSING, _TENSOR),
 ]]  # fmt: skip
 
 _WHAT = {
@@ -488,6 +501,18 @@ async def too_long_first_step(ctx: CaseContext, client: InferenceClient) -> Outc
     messages = (_opening(client.target, max_length=2), step_body(client.target, new=3))
     stream = await client.open_stream(SESSION, *messages)
     return await expect_reset(ctx, client, await client.receive(stream), ErrorCode.TOO_LONG)
+
+
+@inference_case(
+    "13.5/19",
+    description="an inference.session opening with batch 0, our direction left open and no step",
+    requirement="A server:" + QUOTE_GAP + R_13_5_AT_ONCE,
+    expected="RESET(BAD_REQUEST or BAD_TENSOR) without a step; the connection then still "
+    "answers peer.info",
+)
+async def refused_opening_at_once(ctx: CaseContext, client: InferenceClient) -> Outcome:
+    stream = await client.open_stream(SESSION, _opening(client.target, batch=0))
+    return await expect_reset(ctx, client, await client.receive(stream), *BAD)
 
 
 # §13.5: limits and freeing --------------------------------------------------------------------

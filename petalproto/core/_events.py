@@ -10,10 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import __version__
 from ._errors import ErrorCode, LocalProtocolError
 from ._identity import PeerId
 
 __all__ = [
+    "AGENT",
     "ConnectionClosed",
     "EndStream",
     "Event",
@@ -26,6 +28,10 @@ __all__ = [
     "Reset",
     "Settings",
 ]
+
+#: SPEC.md §6.4 and §10.3: the one name this implementation gives itself, in the handshake
+#: settings and in the ``ping`` answer.
+AGENT = f"petalproto/{__version__}"
 
 _U32 = 0xFFFFFFFF
 _MAX_METHOD = 64
@@ -58,7 +64,7 @@ class Settings:
     stream_window: int = 8 << 20
     connection_window: int = 32 << 20
     max_streams: int = 128
-    agent: str = "petalproto/0.1"
+    agent: str = AGENT
 
     def __post_init__(self) -> None:
         limits = {

@@ -30,7 +30,7 @@ __all__ = [
 #: SPEC.md §6.1: the only cipher suite.
 PROTOCOL_NAME = "Noise_XX_25519_ChaChaPoly_SHA256"
 #: SPEC.md §6.2: binds the protocol and its version into the handshake hash.
-PROLOGUE = b"petalproto/0.1"
+PROLOGUE = b"petalproto/0.2"
 #: SPEC.md §6.5: the domain-separation string of the identity signature.
 SIG_PREFIX = b"petalproto-noise-static-key:"
 #: SPEC.md §6.4: the largest handshake payload a receiver accepts.

@@ -318,8 +318,10 @@ class Multiplexer:
             self._grant_connection(n)  # a stream we already forgot: hand the credit back at once
             return []
         if not stream.their_open:
+            # SPEC.md §8.3: discarded whether or not we have answered yet, so the call's
+            # outcome never depends on when we read it; its credit comes back at once.
             self._grant_connection(n)
-            return self._reset_for(stream, ErrorCode.STREAM_CLOSED, "DATA after END_STREAM")
+            return []
         if n > stream.recv_left:
             raise FlowControlError(f"DATA beyond the window of stream {stream_id}")
         stream.recv_left -= n

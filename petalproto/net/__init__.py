@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from petalproto.core._events import AGENT
+
 from ._dht import DhtPutError, DhtService
-from ._node import AGENT, Node
+from ._node import Node
 from ._peer import PeerConnection, StreamHandler
 from ._pool import ConnectionPool
 from ._rpc import CallContext, Router, RpcError, call

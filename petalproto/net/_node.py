@@ -7,8 +7,8 @@ from typing import Any
 
 import trio
 
-from petalproto import __version__
 from petalproto.core import Address, Config, ErrorCode, Identity
+from petalproto.core._events import AGENT
 
 from ._peer import PeerConnection
 from ._pool import ConnectionPool
@@ -18,8 +18,6 @@ from ._transport import serve_peers
 __all__ = ["Node"]
 
 log = logging.getLogger("petalproto.node")
-
-AGENT = f"petalproto/{__version__}"
 
 
 class Node:

@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from petalproto.core import ErrorCode, PeerId
+from petalproto.core import ErrorCode, LocalProtocolError, PeerId
 
 from ._peer import PeerConnection
 from ._stream import Stream, StreamReset
@@ -66,7 +66,7 @@ async def call(peer: PeerConnection, method: str, body: Any, *, timeout: float =
     with trio.fail_after(timeout):
         stream = await peer.open_stream(method)
         try:
-            await stream.send(body, end=True)
+            await _send_or_reset(stream, body)
             response = await stream.receive()
         except StreamReset as exc:
             raise RpcError(exc.code, exc.reason) from None
@@ -115,4 +115,22 @@ class Router:
         except trio.EndOfChannel:
             raise RpcError(ErrorCode.BAD_REQUEST, "no request message") from None
         response = await handler(ctx, request)
-        await stream.send(response, end=True)
+        await _send_or_reset(stream, response)
+
+
+async def _send_or_reset(stream: Stream, body: Any) -> None:
+    """Send the one message of a unary call's direction, with END_STREAM.
+
+    A message over the receiver's ``stream_window`` could never be completed, so no part of
+    it is sent: the stream is reset with MESSAGE_TOO_LARGE instead (SPEC.md §8.4).
+
+    Raises:
+        RpcError: MESSAGE_TOO_LARGE, after the reset.
+    """
+    try:
+        await stream.send(body, end=True)
+    except LocalProtocolError as exc:
+        if exc.code is not ErrorCode.MESSAGE_TOO_LARGE:
+            raise
+        await stream.reset(ErrorCode.MESSAGE_TOO_LARGE, exc.msg[:200])
+        raise RpcError(ErrorCode.MESSAGE_TOO_LARGE, exc.msg) from None

@@ -8,11 +8,18 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
-from petalproto.core import Config, Connection, Identity, Message, Open, Role
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from petalproto.core import Config, Connection, Identity, Message, Open, Role, Settings
 from petalproto.core._errors import ErrorCode
 from petalproto.core._frames import FrameType, encode_frame
+from petalproto.core._handshake import make_payload
 
-__all__ = ["fixed_key", "handshake_vector", "sample_frames"]
+__all__ = ["VECTOR_SETTINGS", "fixed_key", "handshake_vector", "sample_frames"]
+
+#: SPEC.md A.1: both sides announce the default limits and the agent "vector", so the
+#: vector does not change with our version number.
+VECTOR_SETTINGS = Settings(agent="vector")
 
 
 def fixed_key(label: str) -> bytes:
@@ -42,12 +49,15 @@ def handshake_vector() -> dict[str, Any]:
         identity=initiator_id,
         random_bytes=_keys("initiator static", "initiator ephemeral"),
         expected_peer=responder_id.peer_id,
+        config=Config(settings=VECTOR_SETTINGS),
     )
     responder = Connection(
         Role.RESPONDER,
         identity=responder_id,
         random_bytes=_keys("responder static", "responder ephemeral"),
-        config=Config(batch_credit=False),  # its reply shows the CREDIT (SPEC.md A.1)
+        config=Config(
+            settings=VECTOR_SETTINGS, batch_credit=False
+        ),  # its reply shows the CREDIT (SPEC.md A.1)
     )
     initiator.start(0.0)
     responder.start(0.0)
@@ -75,11 +85,19 @@ def handshake_vector() -> dict[str, Any]:
         "responder_ephemeral": fixed_key("responder ephemeral").hex(),
         "initiator_peer_id": str(initiator_id.peer_id),
         "responder_peer_id": str(responder_id.peer_id),
+        "initiator_payload": _payload(initiator_id, "initiator static"),
+        "responder_payload": _payload(responder_id, "responder static"),
         "message_1": msg1.hex(),
         "message_2": msg2.hex(),
         "message_3_and_ping_call": msg3_and_call.hex(),
         "responder_reply": reply.hex(),
     }
+
+
+def _payload(identity: Identity, static_label: str) -> str:
+    """The plaintext handshake payload (SPEC.md §6.4) that the vector's side encrypts."""
+    static = X25519PrivateKey.from_private_bytes(fixed_key(static_label))
+    return make_payload(identity, static.public_key().public_bytes_raw(), VECTOR_SETTINGS).hex()
 
 
 def sample_frames() -> dict[str, str]:

@@ -59,6 +59,7 @@ class Faults:
     settings_check: bool = True
     reject_unknown_settings: bool = False
     require_all_settings: bool = False
+    require_key_order: bool = False  # payload and settings keys only in table order
     close_on_handshake_failure: bool = True  # False: go silent, keep the connection
     handshake_timeout: float | None = 0.5  # §6.7 (short, to keep tests fast)
     settings: dict[str, Any] = field(default_factory=lambda: dict(SETTINGS))
@@ -83,7 +84,7 @@ class Faults:
     check_stream_ids: bool = True
     require_consecutive_ids: bool = False
     strict_closed_streams: bool = False  # frames on closed streams are errors
-    stream_closed_reset: bool = True
+    stream_closed_reset: bool = False  # True: 0.1's RESET(STREAM_CLOSED), not a discard
     one_chunk_messages: bool = False  # every DATA chunk is a whole message
     empty_end_is_message: bool = False
     check_message_end: bool = True
@@ -303,6 +304,11 @@ class BrokenResponder:
                 raise _Abort
         raw = obj.get("settings", {})
         raw = raw if isinstance(raw, dict) else {}
+        if self.f.require_key_order and (
+            list(obj) != ["identity_key", "identity_sig", "settings"][: len(obj)]
+            or list(raw) != [k for k in _SETTING_KEYS if k in raw]
+        ):
+            raise _Abort
         if self.f.reject_unknown_settings and set(raw) - set(_SETTING_KEYS):
             raise _Abort
         if self.f.require_all_settings and set(_SETTING_KEYS) - set(raw):

@@ -409,7 +409,7 @@ def test_tampered_message_3(index: int) -> None:
 def test_wrong_prologue_fails_at_the_first_encrypted_field() -> None:
     # A responder of another protocol version: the initiator cannot decrypt its ``s``.
     conn = _conn(Role.INITIATOR)
-    peer = ScriptedPeer(Role.RESPONDER, prologue=b"petalproto/0.2")
+    peer = ScriptedPeer(Role.RESPONDER, prologue=b"petalproto/0.1")
     conn.start(0.0)
     peer.read(conn.data_to_send())
     with pytest.raises(HandshakeFailed, match="authentication"):

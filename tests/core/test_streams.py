@@ -187,7 +187,8 @@ def test_frames_on_forgotten_streams_of_ours_are_ignored() -> None:
     assert sent(conn, peer) == [(F.CREDIT, 0, 2)]
 
 
-def test_data_after_end_stream_resets_the_stream() -> None:
+def test_data_after_end_stream_is_discarded_before_the_answer() -> None:
+    # SPEC.md §8.3: the stream stays open for our answer; the extra DATA only costs credit.
     conn, peer = established()
     assert inject(
         conn, peer, (F.OPEN, 1, "m"), (F.DATA, 1, END_MESSAGE | END_STREAM, encode(1))
@@ -195,13 +196,21 @@ def test_data_after_end_stream_resets_the_stream() -> None:
         Open(stream_id=1, method="m"),
         Message(stream_id=1, body=1, end_stream=True),
     ]
-    assert inject(conn, peer, (F.DATA, 1, END_MESSAGE, encode(2))) == [
-        Reset(stream_id=1, code=ErrorCode.STREAM_CLOSED, reason="DATA after END_STREAM")
-    ]
-    assert sent(conn, peer) == [
-        (F.CREDIT, 0, 1),
-        (F.RESET, 1, ErrorCode.STREAM_CLOSED, "DATA after END_STREAM"),
-    ]
+    assert inject(conn, peer, (F.DATA, 1, END_MESSAGE, encode(2))) == []
+    assert sent(conn, peer) == [(F.CREDIT, 0, 1)]  # the discarded byte; ours waits for the app
+    assert conn.state is ConnState.OPEN and conn.active_streams == 1
+    conn.send(Message(stream_id=1, body=3, end_stream=True), 0.0)
+    assert sent(conn, peer) == [(F.DATA, 1, END_MESSAGE | END_STREAM, encode(3))]
+    assert conn.active_streams == 0
+
+
+def test_data_after_end_stream_is_discarded_after_the_answer() -> None:
+    conn, peer = established()
+    inject(conn, peer, (F.OPEN, 1, "m"), (F.DATA, 1, END_MESSAGE | END_STREAM, encode(1)))
+    conn.send(Message(stream_id=1, body=3, end_stream=True), 0.0)
+    sent(conn, peer)
+    assert inject(conn, peer, (F.DATA, 1, END_MESSAGE, encode(2))) == []
+    assert sent(conn, peer) == [(F.CREDIT, 0, 1)]
     assert conn.state is ConnState.OPEN and conn.active_streams == 0
 
 
@@ -343,10 +352,8 @@ def test_empty_data_on_a_closed_stream_grants_nothing() -> None:
     assert sent(conn, peer) == []
 
 
-def test_empty_data_after_end_stream_sends_only_the_reset() -> None:
+def test_empty_data_after_end_stream_sends_nothing() -> None:
     conn, peer = established()
     inject(conn, peer, (F.OPEN, 1, "m"), (F.DATA, 1, END_STREAM, b""))
-    assert inject(conn, peer, (F.DATA, 1, END_STREAM, b"")) == [
-        Reset(stream_id=1, code=ErrorCode.STREAM_CLOSED, reason="DATA after END_STREAM")
-    ]
-    assert sent(conn, peer) == [(F.RESET, 1, ErrorCode.STREAM_CLOSED, "DATA after END_STREAM")]
+    assert inject(conn, peer, (F.DATA, 1, END_STREAM, b"")) == []
+    assert sent(conn, peer) == []

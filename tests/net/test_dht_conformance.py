@@ -24,6 +24,7 @@ from conformance import Case, Level, Options, Result, Verdict, load_cases, run_c
 from conformance._coverage import misquoted
 from conformance.cases.dht import UNKNOWN_DHT_METHOD
 from petalproto.core import Address, ErrorCode, Identity
+from petalproto.core._msgpack import encode
 from petalproto.core.dht import Contact, Record, RecordRejected, named_key, parse_record
 from petalproto.net import CallContext, Node, RpcError
 from petalproto.net._dht import DhtService
@@ -58,6 +59,7 @@ class DhtFaults:
     serve_one_record: bool = False
     serve_expired: bool = False
     forget_puts: bool = False
+    fit_the_window: bool = False  # drops records until the answer fits 64 KiB (§8.4)
     # validation (§12.5)
     check_schema: bool = True
     validate: bool = True
@@ -178,6 +180,8 @@ class BrokenDht:
             if r.key == key and (self.faults.serve_expired or r.expires > now)
         ]
         records = records[: 1 if self.faults.serve_one_record else 128]
+        while self.faults.fit_the_window and len(encode({"records": records})) > 60_000:
+            records.pop()
         return {"records": records, "nodes": self._nodes(ctx, key)}
 
     def _put(self, ctx: CallContext, body: dict[str, Any]) -> Any:
@@ -399,4 +403,15 @@ async def test_the_reader_self_check_fails_when_our_reader_trusts_records(
 
     monkeypatch.setattr(_lookup, "validate_record", lambda record, unix_now: None)
     (result,) = await run_cases([_case("12.5.5/1")], Options(host="127.0.0.1", port=1, timeout=1.0))
+    assert result.verdict is Verdict.FAIL, result.observed
+
+
+async def test_our_dht_resets_an_answer_over_the_callers_window() -> None:
+    (result,) = await run_on([_case("8.4/3")], "ours")
+    assert result.verdict is Verdict.PASS, result.observed
+
+
+async def test_an_answer_cut_to_the_window_fails_8_4_3() -> None:
+    # A §8.4 case, so it has no place in BREAKERS (§12 only); it needs a DHT to fail.
+    (result,) = await run_on([_case("8.4/3")], "broken", DhtFaults(fit_the_window=True))
     assert result.verdict is Verdict.FAIL, result.observed

@@ -11,6 +11,7 @@ random-weight checkpoints.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -62,6 +63,8 @@ class Faults:
     stateless_steps: bool = False  # computes each step without the session's cache
     enforce_max_length: bool = True
     check_opening: bool = True
+    opening_checked_with_first_step: bool = False  # a refusal waits for a step (SPEC §13.5)
+    missing_tensor_is_bad_request: bool = False  # BAD_REQUEST for a missing tensor (§13.4)
     check_steps: bool = True
     enforce_budget: bool = True  # announces CACHE_TOKENS either way
     enforce_max_sessions: bool = True  # announces MAX_SESSIONS either way
@@ -148,6 +151,10 @@ class BrokenServer(PeerServer):
         faults = self.faults
         if not isinstance(body, dict):
             raise RpcError(ErrorCode.BAD_REQUEST, "not a map")
+        if faults.missing_tensor_is_bad_request and not all(
+            isinstance(body.get(key), dict) for key in ("hidden", "attention_mask")
+        ):
+            raise RpcError(ErrorCode.BAD_REQUEST, "a tensor field is missing")
         try:
             decode: Any = (
                 (lambda raw: _lenient(raw, faults))
@@ -220,6 +227,9 @@ class BrokenServer(PeerServer):
     async def _session(self, ctx: CallContext, stream: Stream) -> None:
         try:
             opening = await stream.receive()
+            if self.faults.opening_checked_with_first_step:
+                with contextlib.suppress(trio.EndOfChannel):
+                    await stream.receive()
         except trio.EndOfChannel:
             return
         batch, max_length = self._opening(opening)
@@ -363,6 +373,8 @@ BREAKERS: dict[str, Faults] = {
     "13.5/16": Faults(free_on_reset=False),
     "13.5/17": Faults(free_on_end=False),
     "13.5/18": Faults(free_on_reset=False),
+    "13.5/19": Faults(opening_checked_with_first_step=True),
+    **_span_of("13.4", 3, 5, Faults(missing_tensor_is_bad_request=True)),
 }
 
 
