@@ -3,6 +3,11 @@
     petal-conformance --target PEERID@HOST:PORT [--cases GLOB[,GLOB]] [--exclude GLOB]
                       [--report FILE] [--strict] [--list] [--timeout SECONDS]
                       [--deadline SECONDS] [--handshake-timeout SECONDS]
+    petal-conformance --role client --dial-command "CMD … {address} …" [same options]
+
+The first form checks a responder (the target listens, the suite dials); the second checks
+a client: the suite listens and runs the command for each case, with ``{address}`` replaced
+by its dialable address (``conformance._client``).
 
 One line per case on stdout; the last line is exactly ``N passed, N failed``.  The exit
 status is 0 when nothing failed, 1 when a case failed (NON-STRICT counts only with
@@ -18,6 +23,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from importlib import import_module
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -26,7 +32,8 @@ import trio
 from petalproto import __version__
 from petalproto.core import Address, split_host_port
 
-from ._harness import Case, Options, Result, Verdict, count, run_cases
+from ._client import CLIENT_REGISTRY, ClientOptions, run_client_cases
+from ._harness import Case, Options, Registry, Result, Verdict, count, run_cases
 from .cases import load_cases
 
 __all__ = ["main"]
@@ -42,9 +49,23 @@ def _parser() -> argparse.ArgumentParser:
         description="Check a petalproto peer against SPEC.md, case by case.",
     )
     parser.add_argument(
+        "--role",
+        choices=("responder", "client"),
+        default="responder",
+        help="check a peer that listens (responder, the default: give --target) or a client "
+        "that dials (client: give --dial-command)",
+    )
+    parser.add_argument(
         "--target",
         metavar="ADDRESS",
         help="PEERID@HOST:PORT (or HOST:PORT, which skips the peer id check)",
+    )
+    parser.add_argument(
+        "--dial-command",
+        metavar="COMMAND",
+        help="for --role client: the client under test, run once per case with {address} "
+        "replaced by the suite's PEERID@HOST:PORT, e.g. "
+        "'petal ping {address} --count 3 --payload-bytes 60000'",
     )
     parser.add_argument(
         "--cases",
@@ -104,12 +125,24 @@ def _split(patterns: Sequence[str] | None) -> list[str]:
     return [p for item in patterns or () for p in item.split(",")]
 
 
-def select(patterns: Sequence[str] | None, exclude: Sequence[str] | None = None) -> list[Case]:
-    """The cases ``--cases`` and ``--exclude`` name, in id order."""
-    registry = load_cases()
+def select(
+    patterns: Sequence[str] | None,
+    exclude: Sequence[str] | None = None,
+    *,
+    role: str = "responder",
+) -> list[Case]:
+    """The cases of ``role`` that ``--cases`` and ``--exclude`` name, in id order."""
+    registry = _registry(role)
     chosen = registry.select(_split(patterns)) if patterns else registry.all()
     dropped = {c.id for c in registry.select(_split(exclude))}
     return [c for c in chosen if c.id not in dropped]
+
+
+def _registry(role: str) -> Registry:
+    if role == "client":
+        import_module("conformance.client_cases")  # its cases register themselves
+        return CLIENT_REGISTRY
+    return load_cases()
 
 
 def _list(cases: list[Case], out: TextIO) -> None:
@@ -132,20 +165,32 @@ def format_result(result: Result) -> str:
 
 
 def report(
-    results: list[Result], options: Options, *, strict: bool, started: str, duration_ms: float
+    results: list[Result],
+    options: Options | ClientOptions,
+    *,
+    strict: bool,
+    started: str,
+    duration_ms: float,
 ) -> dict[str, Any]:
     """The JSON report, Autobahn's index and per-case reports in one document."""
     passed, failed = count(results, strict=strict)
     tally: dict[str, int] = {v.value: 0 for v in Verdict}
     for r in results:
         tally[r.verdict.value] += 1
-    return {
-        "agent": AGENT,
-        "target": {
+    target: dict[str, Any]
+    if isinstance(options, ClientOptions):
+        role, target = "client", {"dial_command": options.dial_command}
+    else:
+        role = "responder"
+        target = {
             "host": options.host,
             "port": options.port,
             "peer_id": None if options.peer_id is None else str(options.peer_id),
-        },
+        }
+    return {
+        "agent": AGENT,
+        "role": role,
+        "target": target,
         "strict": strict,
         "timeout_s": options.timeout,
         "started": started,
@@ -155,12 +200,16 @@ def report(
     }
 
 
-async def run(cases: list[Case], options: Options, *, deadline: float, out: TextIO) -> list[Result]:
+async def run(
+    cases: list[Case], options: Options | ClientOptions, *, deadline: float, out: TextIO
+) -> list[Result]:
     """Run ``cases``, printing each result as it comes."""
 
     def show(result: Result) -> None:
         print(format_result(result), file=out, flush=True)
 
+    if isinstance(options, ClientOptions):
+        return await run_client_cases(cases, options, deadline=deadline, on_result=show)
     return await run_cases(cases, options, deadline=deadline, on_result=show)
 
 
@@ -173,23 +222,33 @@ def exit_status(results: list[Result], *, strict: bool) -> int:
     return 0
 
 
+def _options(args: argparse.Namespace) -> Options | ClientOptions | str:
+    """The run's options from the command line, or what is wrong with it."""
+    if args.role == "client":
+        if not args.dial_command or "{address}" not in args.dial_command:
+            return "--role client needs --dial-command with {address} in it"
+        return ClientOptions(args.dial_command, timeout=args.timeout)
+    if not args.target:
+        return "--target is required (or use --list, or --role client)"
+    try:
+        return parse_target(
+            args.target, timeout=args.timeout, handshake_timeout=args.handshake_timeout
+        )
+    except ValueError as exc:
+        return f"bad --target: {exc}"
+
+
 def main(argv: list[str] | None = None) -> int:
     """The console script. Returns: the exit status."""
     args = _parser().parse_args(argv)
     out = sys.stdout
-    cases = select(args.cases, args.exclude)
+    cases = select(args.cases, args.exclude, role=args.role)
     if args.list:
         _list(cases, out)
         return 0
-    if not args.target:
-        print("petal-conformance: --target is required (or use --list)", file=sys.stderr)
-        return EXIT_ERROR
-    try:
-        options = parse_target(
-            args.target, timeout=args.timeout, handshake_timeout=args.handshake_timeout
-        )
-    except ValueError as exc:
-        print(f"petal-conformance: bad --target: {exc}", file=sys.stderr)
+    options = _options(args)
+    if isinstance(options, str):
+        print(f"petal-conformance: {options}", file=sys.stderr)
         return EXIT_ERROR
     if not cases:
         print(f"petal-conformance: no case matches {args.cases}", file=sys.stderr)
