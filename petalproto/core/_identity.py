@@ -62,9 +62,10 @@ def _is_public_key(raw: bytes) -> bool:
     The eight points of order dividing 8 have exactly the five y coordinates of
     ``_SMALL_ORDER_Y`` (the identity (0, 1), (0, -1), (±sqrt(-1), 0) and the four points of
     order 8 at y = ±_Y8), so refusing those y refuses all eight with either sign bit, and
-    ``y >= p`` refuses their non-canonical encodings (y = p, p + 1).  Only y = ±1 make the numerator zero, and
-    both are small, so the sign bit needs no check: every x != 0 has both signs.  The
-    result is cached because the DHT sees the same peer ids again and again.
+    ``y >= p`` refuses their non-canonical encodings (y = p, p + 1).  Only y = ±1 make
+    the numerator zero, and both are small, so the sign bit needs no check: every x != 0
+    has both signs.  The result is cached because the DHT sees the same peer ids again
+    and again.
     """
     y = int.from_bytes(raw, "little") & ((1 << 255) - 1)
     if y >= _P or y in _SMALL_ORDER_Y:
