@@ -58,6 +58,9 @@ class DhtFaults:
     extra_contacts: bool = False
     unsorted: bool = False
     include_self: bool = False
+    empty_nodes: bool = False  # dht.find_node answers with an empty list
+    get_without_nodes: bool = False  # dht.get answers with the records and no contacts
+    skip_closest: bool = False  # leaves out the closest contact it holds
     # request bodies (§12.3)
     reject_unknown_fields: bool = False
     check_bodies: bool = True
@@ -169,7 +172,7 @@ class BrokenDht:
         found = sorted(
             (c for raw, c in self.contacts.items() if raw != ctx.peer_id.raw),
             key=lambda c: c.node_id ^ goal,
-        )[: K + 5 if faults.extra_contacts else K]
+        )[int(faults.skip_closest) : (K + 5 if faults.extra_contacts else K)]
         if faults.unsorted:
             found.reverse()
         if faults.include_self:
@@ -181,7 +184,8 @@ class BrokenDht:
         return wire
 
     def _find_node(self, ctx: CallContext, body: dict[str, Any]) -> Any:
-        return {"nodes": self._nodes(ctx, self._id(body, "target"))}
+        target = self._id(body, "target")
+        return {"nodes": [] if self.faults.empty_nodes else self._nodes(ctx, target)}
 
     def _get(self, ctx: CallContext, body: dict[str, Any]) -> Any:
         key, now = self._id(body, "key"), time.time()
@@ -191,7 +195,8 @@ class BrokenDht:
             if r.key == key and (self.faults.serve_expired or r.expires > now)
         ]
         records = records[: 1 if self.faults.serve_one_record else 128]
-        return {"records": records, "nodes": self._nodes(ctx, key)}
+        nodes = [] if self.faults.get_without_nodes else self._nodes(ctx, key)
+        return {"records": records, "nodes": nodes}
 
     def _put(self, ctx: CallContext, body: dict[str, Any]) -> Any:
         faults = self.faults
@@ -372,6 +377,8 @@ BREAKERS: dict[str, DhtFaults] = {
     **_span("12.3.4", 2, 10, DhtFaults(check_schema=False)),
     "12.3.4/11": DhtFaults(validate=False),
     "12.3.4/12": DhtFaults(forget_puts=True),
+    "12.3.2/7": DhtFaults(empty_nodes=True),
+    "12.3.3/8": DhtFaults(get_without_nodes=True),
     "12.4/1": DhtFaults(include_self=True),
     "12.5.1/1": DhtFaults(check_slot=False),
     **_span("12.5.3", 1, 2, DhtFaults(check_size=False)),
@@ -428,6 +435,20 @@ async def test_a_peer_without_a_dht_is_unimplemented_not_failed() -> None:
     results = await run_on(dht_cases(), "none")
     assert _report(results, {Verdict.UNIMPLEMENTED, Verdict.PASS}) == {}
     assert {r.case.id for r in results if r.verdict is Verdict.PASS} == {"12.3/7", "12.5.5/1"}
+
+
+#: More broken peers that a case must catch, beyond the one in BREAKERS.
+MORE_BREAKERS: list[tuple[str, DhtFaults]] = [
+    ("12.3.2/7", DhtFaults(skip_closest=True)),
+    ("12.3.3/8", DhtFaults(skip_closest=True)),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("case_id", "faults"), MORE_BREAKERS)
+async def test_dht_case_fails_under_more_broken_peers(case_id: str, faults: DhtFaults) -> None:
+    (result,) = await run_on([_case(case_id)], "broken", faults)
+    assert result.verdict is Verdict.FAIL, f"{result.verdict.value}: {result.observed}"
 
 
 @pytest.mark.slow
