@@ -322,15 +322,22 @@ class Session:
         wire: the TCP connection.
         prologue: the Noise prologue we hash (SPEC.md §6.2); a wrong one is a fault.
         settings: what our payload announces.
+        static_private: our X25519 static key (default: a fresh one), for a case that must
+            know the bytes its identity signature covers before the handshake starts.
     """
 
     def __init__(
-        self, wire: Wire, *, prologue: bytes = PROLOGUE, settings: Settings | None = None
+        self,
+        wire: Wire,
+        *,
+        prologue: bytes = PROLOGUE,
+        settings: Settings | None = None,
+        static_private: bytes | None = None,
     ) -> None:
         self.wire = wire
         self.identity = Identity.from_seed(os.urandom(32))
         self.settings = settings or Settings(agent="petal-conformance")
-        self.static_private = os.urandom(32)
+        self.static_private = static_private or os.urandom(32)
         self.hs = HandshakeState(
             pattern="XX",
             initiator=True,

@@ -273,20 +273,21 @@ def check_contacts(
     return ""
 
 
-async def populate(ctx: CaseContext, count: int = POPULATE) -> int:
+async def populate(ctx: CaseContext, count: int = POPULATE) -> list[bytes]:
     """Introduce ``count`` fresh identities to the target as DHT servers (a ``dht.ping``
     naming a listening port each), so that its routing table holds more than k contacts.
 
     Returns:
-        How many pings the target answered.
+        The peer ids whose pings the target answered.
     """
     timeout = ctx.timeout
     ctx.set_window(max(timeout, 0.25 * count))  # handshakes on a slow link take a while
-    answered = 0
+    answered = []
     for i in range(count):
         client = await DhtClient.open(ctx)
         reply = await client.call("dht.ping", {"listen": ["127.0.0.1", 20000 + i]})
-        answered += reply.kind == "answer"
+        if reply.kind == "answer":
+            answered.append(client.peer_id.raw)
     ctx.set_window(timeout)
     return answered
 

@@ -23,6 +23,16 @@ R_1_3 = (
 )
 R_3_3_TEXT = "A parser MUST reject text of any other length or alphabet"
 R_3_3_KEY = "MUST reject 32 bytes that are not a valid Ed25519 public key encoding"
+R_3_3_VALID_KEY = (
+    "A receiver MUST reject every other key wherever it reads one: the handshake payload "
+    "(§6.6), a record's publisher (§12.5.1), a contact's peer id (§12.2) and the text form "
+    "of a peer id."
+)
+R_3_3_VALID_SIG = (
+    "A verifier MUST reject any other signature before it checks the equation, which is "
+    "otherwise RFC 8032's cofactorless one (as OpenSSL checks it); this covers the "
+    "handshake's `identity_sig` (§6.6) and a record's `sig` (§12.5.3 item 5)."
+)
 R_4_2 = (
     "A dialer that connects to an address MUST abort the connection when the peer "
     "authenticated by the handshake is not the peer id named in the address (§6.6)."
@@ -62,7 +72,7 @@ B_DECRYPT = (
 B_DH = "- a Diffie-Hellman result is all zeros, as for a low-order or zero public key;"
 B_SHAPE = (
     "- the payload is not a map of the shape in §6.4, or `identity_key` is not a valid "
-    "Ed25519 public key;"
+    "Ed25519 public key (§3.3: a small-order or non-canonical key is invalid);"
 )
 B_SIG = (
     "- `identity_sig` does not verify against `identity_key` over the Noise static key "

@@ -51,6 +51,11 @@ R_12_3_2_2 = (
 R_12_3_2_4 = (
     "A `target` that is not exactly 32 bytes of type bin MUST be answered with `BAD_REQUEST`."
 )
+R_12_3_2_5 = (
+    "The first contact MUST be the closest to `target` of all contacts in the server's "
+    "routing table other than the requester, so an answer is empty only when the table "
+    "holds no other contact."
+)
 R_12_3_3_1 = "`nodes` follows every rule of §12.3.2 with `key` as the target."
 R_12_3_3_4 = "A `key` that is not exactly 32 bytes of type bin MUST be answered with `BAD_REQUEST`."
 R_12_4_1 = (
@@ -296,6 +301,83 @@ async def get_nodes(ctx: CaseContext, dht: DhtClient) -> Outcome:
     if problem:
         return ctx.violated(problem)
     return ctx.passed(f"{len(contacts)} contacts in order")
+
+
+async def _nodes_for(dht: DhtClient, method: str, target: bytes) -> list[bytes] | str:
+    """The peer ids the target answers for ``target``, or what is wrong with the answer."""
+    field = "key" if method == "dht.get" else "target"
+    reply = await dht.call(method, {field: target})
+    if reply.kind != "answer" or not isinstance(reply.body, dict):
+        return f"{method}: expected an answer (a map), got {reply.describe()}"
+    contacts = parse_contacts(reply.body)
+    if isinstance(contacts, str):
+        return contacts
+    problem = check_contacts(contacts, target)
+    return problem or [raw for raw, _, _ in contacts]
+
+
+async def _closest_first(ctx: CaseContext, dht: DhtClient, method: str) -> Outcome:
+    """Introduce more than k servers, then ask for the node id of each, three times over.
+
+    A server the target names in the first and the third pass it holds throughout the
+    second (evictions need new contacts, and none arrive meanwhile), and in the second pass
+    the answer for that server's own node id (distance 0) must start with it.
+    """
+    servers = await populate(ctx)
+    ctx.set_window(max(ctx.timeout, 0.05 * len(servers) * 3 + 2))
+    targets = [node_id(raw).to_bytes(32, "big") for raw in servers]
+    passes: list[list[list[bytes]]] = []
+    for _ in range(3):
+        answers = []
+        for target in targets:
+            nodes = await _nodes_for(dht, method, target)
+            if isinstance(nodes, str):
+                return ctx.violated(nodes)
+            answers.append(nodes)
+        passes.append(answers)
+    before = {raw for nodes in passes[0] for raw in nodes}
+    after = {raw for nodes in passes[2] for raw in nodes}
+    held = before & after
+    if not before | after:
+        return ctx.violated(
+            f"{len(servers)} servers introduced themselves with listen, and every one of "
+            f"{3 * len(targets)} answers is empty"
+        )
+    for raw, nodes in zip(servers, passes[1], strict=True):
+        if raw in held and nodes[:1] != [raw]:
+            first = nodes[0].hex()[:16] if nodes else "nothing"
+            return ctx.violated(
+                f"the target names {raw.hex()[:16]}… in other answers, but its answer for "
+                f"that peer's own node id starts with {first}"
+            )
+    ours = sum(raw in held for raw in servers)
+    return ctx.passed(f"{ours} of {len(servers)} servers held; each first for its own id")
+
+
+@dht_case(
+    "12.3.2/7",
+    description="more than k servers introduce themselves; dht.find_node for the node id "
+    "of each, in three passes",
+    requirement=R_12_3_2_5,
+    expected="every server the target names in other answers comes first in the answer for "
+    "its own node id; not every answer is empty",
+    timeout=15.0,
+)
+async def find_node_closest(ctx: CaseContext, dht: DhtClient) -> Outcome:
+    return await _closest_first(ctx, dht, "dht.find_node")
+
+
+@dht_case(
+    "12.3.3/8",
+    description="more than k servers introduce themselves; dht.get for the node id of "
+    "each, in three passes",
+    requirement=R_12_3_3_1 + QUOTE_GAP + R_12_3_2_5,
+    expected="nodes: every server the target names in other answers comes first in the "
+    "answer for its own node id; not every answer is empty",
+    timeout=15.0,
+)
+async def get_closest(ctx: CaseContext, dht: DhtClient) -> Outcome:
+    return await _closest_first(ctx, dht, "dht.get")
 
 
 # §12.4 ----------------------------------------------------------------------------------------

@@ -16,9 +16,15 @@ from typing import Any
 
 import trio
 
-from petalproto.core import ErrorCode
-from petalproto.core.dht import Contact, Lookup, Record
+from petalproto.core import ErrorCode, PeerId
+from petalproto.core.dht import Contact, Lookup, Record, named_key
 
+from .._ed25519 import (
+    SMALL_ORDER_POINTS,
+    forge_small_order,
+    identity_r_signature,
+    non_canonical_s,
+)
 from .._harness import QUOTE_GAP, CaseContext, Outcome, case
 from ._dht_common import (
     MAX_RECORDS,
@@ -33,6 +39,7 @@ from ._dht_common import (
     signed,
     unix,
 )
+from ._noise_common import R_3_3_VALID_KEY, R_3_3_VALID_SIG
 
 R_12_3_3_2 = (
     "`records` MUST hold every live record the server stores under `key` (§12.6), at most "
@@ -75,7 +82,10 @@ R_LIFETIME = (
     "(otherwise `RECORD_EXPIRED`) and no later than that time plus 86,400 + 300 seconds "
     "(24 hours plus clock skew; otherwise `RECORD_INVALID`)."
 )
-R_SIGNATURE = "**Signature** (§12.5.2): otherwise `RECORD_BAD_SIGNATURE`."
+R_SIGNATURE = (
+    "**Signature** (§12.5.2): `sig` MUST be a valid signature encoding (§3.3) that "
+    "verifies; otherwise `RECORD_BAD_SIGNATURE`."
+)
 R_12_5_5_1 = (
     "A reader MUST validate every record it fetches (§12.5.3) and MUST discard a record "
     "whose `key` differs from the key it asked for."
@@ -90,15 +100,28 @@ R_12_6_1 = (
 )
 R_12_6_2 = (
     "While a slot holds a live record, a server MUST refuse a record for that slot with a "
-    "lower `seq`, or with the same `seq` and a different value (different canonical value "
-    "bytes), with `RECORD_SEQ_TOO_LOW`."
+    "lower `seq`, or with the same `seq`, a different value (different canonical value "
+    "bytes) and not better under §12.5.4, with `RECORD_SEQ_TOO_LOW`."
+)
+R_12_6_3_HIGHER = (
+    "A valid record that is better under §12.5.4 than the stored one MUST replace it "
+    "(subject to item 1): a higher `seq`, the same `seq` and a later `expires` (a "
+    "republish, or another value), or the same `seq` and `expires` and a bytewise greater "
+    "canonical value."
 )
 R_12_6_3_SAME = (
-    "A record with the same `seq` and value and a later `expires` (a republish) MUST be "
-    "accepted and replace the stored one; with the same `seq` and value and an equal or "
-    "earlier `expires` it MUST be answered with `{}` and change nothing."
+    "A record equal to the stored one, or a copy of it (the same `seq` and value) with an "
+    "earlier `expires`, MUST be answered with `{}` and change nothing."
 )
-R_12_6_3_HIGHER = "A record with a higher `seq` MUST replace the stored one (subject to item 1)."
+R_12_5_4 = (
+    "Among valid records of one slot, the best has the highest `seq`, then the latest "
+    "`expires`, then the bytewise greatest canonical value encoding (so that every reader "
+    "picks the same record even from a publisher that signed two values under one `seq`)."
+)
+R_12_5_1_PUBLISHER = (
+    "the publisher's peer id: a valid Ed25519 public key (§3.3); a small-order or "
+    "non-canonical key makes the record invalid (`RECORD_INVALID`)"
+)
 R_12_6_4 = (
     "A server MUST NOT hold more than 128 records under one key. A server that refuses a "
     "valid record because a quota is full MUST answer `QUOTA_EXCEEDED`."
@@ -419,11 +442,11 @@ async def _holds(ctx: CaseContext, dht: DhtClient, record: Record, outcome: Outc
 
 def _register_downgrade(ordinal: int, what: str, changes: dict[str, Any]) -> None:
     async def run(ctx: CaseContext, dht: DhtClient) -> Outcome:
-        identity = fresh()
-        record = named(identity, seq=5, value="first")
+        identity, expires = fresh(), unix() + 600
+        record = named(identity, seq=5, value="first", expires=expires)
         if (bad := await _stored(ctx, dht, record)) is not None:
             return bad
-        worse = named(identity, **{"seq": 5, "value": "first", **changes})
+        worse = named(identity, **{"seq": 5, "value": "first", "expires": expires, **changes})
         outcome = expect_code(ctx, await dht.put(worse), ErrorCode.RECORD_SEQ_TOO_LOW)
         return await _holds(ctx, dht, record, outcome)
 
@@ -436,7 +459,7 @@ def _register_downgrade(ordinal: int, what: str, changes: dict[str, Any]) -> Non
 
 
 _register_downgrade(2, "seq 4", {"seq": 4})
-_register_downgrade(3, "seq 5 and another value", {"value": "second"})
+_register_downgrade(3, "seq 5 and a bytewise smaller value", {"value": "fir"})
 
 
 def _register_same_seq(ordinal: int, what: str, delta: int, replaced: bool) -> None:
@@ -454,7 +477,7 @@ def _register_same_seq(ordinal: int, what: str, delta: int, replaced: bool) -> N
     dht_case(
         f"12.6/{ordinal}",
         description=f"a valid record, then the same seq and value with {what}",
-        requirement=R_12_6_3_SAME,
+        requirement=R_12_6_3_HIGHER if replaced else R_12_6_3_SAME,
         expected="{}; the get returns the " + ("new" if replaced else "first") + " expires",
     )(run)
 
@@ -522,3 +545,145 @@ async def expired_frees_slot(ctx: CaseContext, dht: DhtClient) -> Outcome:
     if (bad := await _stored(ctx, dht, later)) is not None:
         return bad
     return await _holds(ctx, dht, later, ctx.passed("the expired record freed its slot"))
+
+
+# §12.5.4 with §12.6: storage follows selection ----------------------------------------------
+
+
+def _two_values(identity_seq: int = 9) -> tuple[Record, Record]:
+    """Two valid records of one slot with equal seq and expires: (smaller, greater value)."""
+    identity, expires = fresh(), unix() + 600
+    low = named(identity, seq=identity_seq, value="a", expires=expires)
+    high = named(identity, seq=identity_seq, value="b", expires=expires)
+    return low, high
+
+
+@dht_case(
+    "12.6/9",
+    description='a valid record with value "a", then the same slot, seq and expires with '
+    'the bytewise greater value "b"; dht.get',
+    requirement=R_12_5_4 + QUOTE_GAP + R_12_6_3_HIGHER,
+    expected='{} for both puts; the get returns "b"',
+)
+async def greater_value_replaces(ctx: CaseContext, dht: DhtClient) -> Outcome:
+    low, high = _two_values()
+    for record in (low, high):
+        if (bad := await _stored(ctx, dht, record)) is not None:
+            return bad
+    return await _holds(ctx, dht, high, ctx.passed("the greater value replaced the smaller"))
+
+
+@dht_case(
+    "12.6/10",
+    description='a valid record with value "b", then the same slot, seq and expires with '
+    'the bytewise smaller value "a"; dht.get',
+    requirement=R_12_5_4 + QUOTE_GAP + R_12_6_2,
+    expected='RESET(RECORD_SEQ_TOO_LOW) for the second put; the get returns "b"',
+)
+async def smaller_value_refused(ctx: CaseContext, dht: DhtClient) -> Outcome:
+    low, high = _two_values()
+    if (bad := await _stored(ctx, dht, high)) is not None:
+        return bad
+    outcome = expect_code(ctx, await dht.put(low), ErrorCode.RECORD_SEQ_TOO_LOW)
+    return await _holds(ctx, dht, high, outcome)
+
+
+@dht_case(
+    "12.6/11",
+    description='a valid record with value "a", then the same slot and seq with the '
+    'greater value "b" but an earlier expires; dht.get',
+    requirement=R_12_5_4 + QUOTE_GAP + R_12_6_2,
+    expected='RESET(RECORD_SEQ_TOO_LOW) for the second put; the get returns "a"',
+)
+async def greater_value_earlier_expiry_refused(ctx: CaseContext, dht: DhtClient) -> Outcome:
+    identity, expires = fresh(), unix() + 600
+    low = named(identity, seq=4, value="a", expires=expires)
+    if (bad := await _stored(ctx, dht, low)) is not None:
+        return bad
+    high = named(identity, seq=4, value="b", expires=expires - 60)
+    outcome = expect_code(ctx, await dht.put(high), ErrorCode.RECORD_SEQ_TOO_LOW)
+    return await _holds(ctx, dht, low, outcome)
+
+
+# §3.3 in records: small-order publishers, small-order R, non-canonical S ---------------------
+
+
+def _small_order_record(key: bytes) -> Record:
+    """A named record published by the small-order point ``key``, with a signature the
+    RFC 8032 equation accepts (R of small order, S = 0): only the name varies until one fits."""
+    publisher = PeerId(key, None)  # type: ignore[arg-type]  # built past the key check
+    for n in range(1000):
+        name = b"conformance-%d" % n
+        unsigned = Record(
+            key=named_key(publisher, name),
+            subkey=b"",
+            name=name,
+            value="forged",
+            seq=1,
+            expires=unix() + 600,
+            publisher=publisher,
+            signature=bytes(64),
+        )
+        signature = forge_small_order(key, unsigned.signed_bytes)
+        if signature is not None:
+            return forge(unsigned, signature=signature)
+    raise AssertionError("no forgeable name in 1000 tries")  # each try fits with p >= 1/2
+
+
+def _register_small_order_publisher(ordinal: int, key: bytes) -> None:
+    async def run(ctx: CaseContext, dht: DhtClient) -> Outcome:
+        record = _small_order_record(key)
+        outcome = expect_code(ctx, await dht.put(record), ErrorCode.RECORD_INVALID)
+        got = await _records(ctx, dht, record.key)
+        if isinstance(got, Outcome):
+            return got
+        if _in_slot(got, record):
+            return ctx.violated("the record of a small-order publisher was stored")
+        return outcome
+
+    dht_case(
+        f"12.5.1/{ordinal}",
+        description=f"dht.put of a named record whose publisher is the small-order point "
+        f"{key.hex()}, with a signature the RFC 8032 equation accepts (R small order, S = 0)",
+        requirement=R_12_5_1_PUBLISHER + QUOTE_GAP + R_3_3_VALID_KEY,
+        expected="RESET(RECORD_INVALID); the record is not returned",
+    )(run)
+
+
+for _i, _key in enumerate(SMALL_ORDER_POINTS):
+    _register_small_order_publisher(2 + _i, _key)
+
+
+def _resigned(make_sig: Callable[[Any, bytes], bytes]) -> Record:
+    identity = fresh()
+    record = named(identity, value="resigned")
+    return forge(record, signature=make_sig(identity, record.signed_bytes))
+
+
+def _register_bad_encoding(
+    ordinal: int, what: str, make_sig: Callable[[Any, bytes], bytes]
+) -> None:
+    async def run(ctx: CaseContext, dht: DhtClient) -> Outcome:
+        record = _resigned(make_sig)
+        outcome = expect_code(ctx, await dht.put(record), ErrorCode.RECORD_BAD_SIGNATURE)
+        got = await _records(ctx, dht, record.key)
+        if isinstance(got, Outcome):
+            return got
+        if _in_slot(got, record):
+            return ctx.violated(f"the record with {what} was stored")
+        return outcome
+
+    dht_case(
+        f"12.5.3/{ordinal}",
+        description=f"dht.put of a record signed by its publisher with {what}",
+        requirement=R_12_5_3 + QUOTE_GAP + R_SIGNATURE + QUOTE_GAP + R_3_3_VALID_SIG,
+        expected="RESET(RECORD_BAD_SIGNATURE); the record is not returned",
+    )(run)
+
+
+_register_bad_encoding(
+    11, "R the identity point and S = k·a (the RFC 8032 equation holds)", identity_r_signature
+)
+_register_bad_encoding(
+    12, "S + L in place of S", lambda identity, data: non_canonical_s(identity.sign(data))
+)

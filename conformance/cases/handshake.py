@@ -10,18 +10,30 @@ from __future__ import annotations
 import os
 
 import trio
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from petalproto.core import ErrorCode
 from petalproto.core._errors import HandshakeFailed
 from petalproto.core._frames import FrameType, encode_frame
+from petalproto.core._handshake import SIG_PREFIX
 from petalproto.core._msgpack import decode_strict, encode
 
+from .._ed25519 import (
+    SMALL_ORDER_POINTS,
+    forge_small_order,
+    identity_r_signature,
+    non_canonical_s,
+)
 from .._expect import END, handshake_abort, roundtrip
 from .._harness import QUOTE_GAP, CaseContext, Level, Outcome, Verdict, case
 from .._wire import Observation, Session, TargetViolation, fresh_ephemeral, raw_frame
 from ._noise_common import (
     ABORT,
     B_DECRYPT,
+    B_SHAPE,
+    B_SIG,
+    R_3_3_VALID_KEY,
+    R_3_3_VALID_SIG,
     R_6_1,
     R_6_1_STATIC,
     R_6_2,
@@ -424,3 +436,62 @@ async def handshake_timeout(ctx: CaseContext) -> Outcome:
     if waited > ctx.options.handshake_timeout + 0.5:
         return ctx.violated(f"closed only after {waited:.1f} s")
     return ctx.passed(f"closed after {waited:.2f} s")
+
+
+# -- §3.3: small-order keys and non-canonical signatures in the handshake -----------------------
+
+
+def _forgeable(key: bytes) -> tuple[bytes, bytes]:
+    """A Noise static private key whose identity message ``key`` has a forged signature
+    for: (the static private key, the signature).  About two tries in three fit."""
+    while True:
+        private = os.urandom(32)
+        public = X25519PrivateKey.from_private_bytes(private).public_key().public_bytes_raw()
+        signature = forge_small_order(key, SIG_PREFIX + public)
+        if signature is not None:
+            return private, signature
+
+
+def _register_small_order_key(ordinal: int, key: bytes) -> None:
+    async def run(ctx: CaseContext) -> Outcome:
+        private, signature = _forgeable(key)
+        session = await ctx.session(static_private=private)
+        payload = session.payload(identity_key=key, signature=signature)
+        return await msg3_fault_on(ctx, session, payload)
+
+    case(
+        f"3.3/{ordinal}",
+        description=f"message 3: identity_key is the small-order point {key.hex()}, with "
+        "a signature the RFC 8032 equation accepts (R of small order, S = 0)",
+        requirement=R_3_3_VALID_KEY + QUOTE_GAP + R_6_6 + QUOTE_GAP + B_SHAPE,
+        expected=ABORT,
+    )(run)
+
+
+for _i, _key in enumerate(SMALL_ORDER_POINTS):
+    _register_small_order_key(3 + _i, _key)
+
+
+@case(
+    "3.3/11",
+    description="message 3: identity_sig by our own key with R the identity point and "
+    "S = k·a (the RFC 8032 equation holds; OpenSSL accepts it)",
+    requirement=R_3_3_VALID_SIG + QUOTE_GAP + R_6_6 + QUOTE_GAP + B_SIG,
+    expected=ABORT,
+)
+async def identity_r_in_handshake(ctx: CaseContext) -> Outcome:
+    session = await ctx.session()
+    signature = identity_r_signature(session.identity, SIG_PREFIX + session.static_public)
+    return await msg3_fault_on(ctx, session, session.payload(signature=signature))
+
+
+@case(
+    "3.3/12",
+    description="message 3: identity_sig by our own key with S + L in place of S",
+    requirement=R_3_3_VALID_SIG + QUOTE_GAP + R_6_6 + QUOTE_GAP + B_SIG,
+    expected=ABORT,
+)
+async def non_canonical_s_in_handshake(ctx: CaseContext) -> Outcome:
+    session = await ctx.session()
+    good = session.identity.sign(SIG_PREFIX + session.static_public)
+    return await msg3_fault_on(ctx, session, session.payload(signature=non_canonical_s(good)))

@@ -35,6 +35,8 @@ _D = -121665 * pow(121666, _P - 2, _P) % _P
 # signatures that nobody made (the all-zero key accepts the all-zero signature).
 _Y8 = 2707385501144840649318225287225658788936804267575313519463743609750303402022
 _SMALL_ORDER_Y = frozenset({0, 1, _P - 1, _Y8, _P - _Y8})
+# RFC 8032 §5.1: the order of the prime-order subgroup; a signature's S must be below it.
+_L = 2**252 + 27742317777372353535851937790883648493
 
 
 def _legendre(a: int) -> int:
@@ -54,11 +56,16 @@ def _legendre(a: int) -> int:
 
 @functools.lru_cache(maxsize=4096)
 def _is_public_key(raw: bytes) -> bool:
-    """RFC 8032 §5.1.3 decoding: y < p and x^2 = (y^2 - 1) / (d y^2 + 1) has a root.
+    """A valid public key (SPEC.md §3.3): RFC 8032 §5.1.3 decoding with y < p, where
+    x^2 = (y^2 - 1) / (d y^2 + 1) has a root, and no point of small order.
 
-    Points of small order are refused as well.  Only y = ±1 make the numerator zero, and
-    both are small, so the sign bit needs no check: every x != 0 has both signs.  The
-    result is cached because the DHT sees the same peer ids again and again.
+    The eight points of order dividing 8 have exactly the five y coordinates of
+    ``_SMALL_ORDER_Y`` (the identity (0, 1), (0, -1), (±sqrt(-1), 0) and the four points of
+    order 8 at y = ±_Y8), so refusing those y refuses all eight with either sign bit, and
+    ``y >= p`` refuses their non-canonical encodings (y = p, p + 1).  Only y = ±1 make
+    the numerator zero, and both are small, so the sign bit needs no check: every x != 0
+    has both signs.  The result is cached because the DHT sees the same peer ids again
+    and again.
     """
     y = int.from_bytes(raw, "little") & ((1 << 255) - 1)
     if y >= _P or y in _SMALL_ORDER_Y:
@@ -67,6 +74,19 @@ def _is_public_key(raw: bytes) -> bool:
     v = (_D * y * y + 1) % _P
     # u / v is a square exactly when u * v is (v^2 is one); neither is zero here.
     return _legendre(u * v % _P) == 1
+
+
+def _is_signature(signature: bytes) -> bool:
+    """A valid signature encoding (SPEC.md §3.3): 64 bytes R ‖ S with S < L and R a valid
+    public key encoding (canonical, on the curve, not of small order).
+
+    OpenSSL already refuses S >= L; a small-order R it accepts, and with R the identity
+    point and S = H(R ‖ A ‖ M)·a the holder of a key can make a second signature of any
+    message, so R is checked here.
+    """
+    if len(signature) != 64 or int.from_bytes(signature[32:], "little") >= _L:
+        return False
+    return _is_public_key(signature[:32])
 
 
 @dataclass(frozen=True, slots=True, order=True, repr=False)
@@ -125,8 +145,12 @@ class PeerId:
         return int.from_bytes(hashlib.sha256(self.raw).digest(), "big")
 
     def verify(self, signature: bytes, message: bytes) -> bool:
-        """Check an Ed25519 signature made by this peer."""
-        if len(signature) != 64:
+        """Check an Ed25519 signature made by this peer (SPEC.md §3.3).
+
+        The signature must be a valid encoding (``S < L``, ``R`` canonical and not of
+        small order); the equation is then RFC 8032's, cofactorless, as OpenSSL checks it.
+        """
+        if not _is_signature(signature):
             return False
         try:
             self._key.verify(signature, message)

@@ -21,6 +21,8 @@ from typing import Any
 
 import msgpack
 import trio
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from petalproto.core import Address, ErrorCode, Identity, PeerId, Settings
 from petalproto.core._errors import HandshakeFailed, ProtocolError
@@ -32,6 +34,7 @@ from petalproto.core._noise import MAX_PLAINTEXT_LEN, CipherState, HandshakeStat
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _MAX_CREDIT = (1 << 31) - 1
+_L = 2**252 + 27742317777372353535851937790883648493  # RFC 8032 §5.1: the group order
 _SETTING_KEYS = ("max_frame", "stream_window", "connection_window", "max_streams", "agent")
 #: Small windows keep the flow-control cases fast.
 SETTINGS: dict[str, Any] = {
@@ -55,6 +58,8 @@ class Faults:
     msg1_payload_check: bool = True
     low_order_check: bool = True  # False: swap a low-order e for a fresh key and go on
     verify_identity: bool = True  # key validity and signature
+    openssl_keys: bool = False  # accept what OpenSSL accepts: small-order keys and R
+    reduce_s: bool = False  # read S modulo L (accepts S + L)
     strict_payload: bool = True  # strict msgpack and shape for the handshake payload
     settings_check: bool = True
     reject_unknown_settings: bool = False
@@ -296,11 +301,7 @@ class BrokenResponder:
             key, sig = obj.get("identity_key"), obj.get("identity_sig")
             if not isinstance(key, bytes) or not isinstance(sig, bytes):
                 raise _Abort
-            try:
-                peer = PeerId.from_bytes(key)
-            except ValueError as exc:
-                raise _Abort from exc
-            if not peer.verify(sig, SIG_PREFIX + remote_static):
+            if not self._verify(key, sig, SIG_PREFIX + remote_static):
                 raise _Abort
         raw = obj.get("settings", {})
         raw = raw if isinstance(raw, dict) else {}
@@ -319,6 +320,22 @@ class BrokenResponder:
             return Settings(**{k: raw[k] for k in _SETTING_KEYS if k in raw})
         except (TypeError, ValueError) as exc:
             raise _Abort from exc
+
+    def _verify(self, key: bytes, sig: bytes, message: bytes) -> bool:
+        if self.f.reduce_s and len(sig) == 64:
+            s = int.from_bytes(sig[32:], "little") % _L
+            sig = sig[:32] + s.to_bytes(32, "little")
+        if self.f.openssl_keys:
+            try:
+                Ed25519PublicKey.from_public_bytes(key).verify(sig, message)
+            except (ValueError, InvalidSignature):
+                return False
+            return True
+        try:
+            peer = PeerId.from_bytes(key)
+        except ValueError:
+            return False
+        return peer.verify(sig, message)
 
     def _decode(self, data: bytes) -> Any:
         try:

@@ -335,3 +335,82 @@ def test_split_and_join_host_port() -> None:
     assert join_host_port("h", 7) == "h:7"
     with pytest.raises(ValueError, match="brackets"):
         split_host_port("::1:7")
+
+
+# -- valid keys and signatures: all eight small-order points (SPEC.md §3.3) --------------------
+
+
+def test_the_small_order_list_is_exactly_the_eight_points() -> None:
+    from conformance._ed25519 import SMALL_ORDER_POINTS, decode, mul
+
+    assert len(set(SMALL_ORDER_POINTS)) == 8
+    ys = {int.from_bytes(raw, "little") & ((1 << 255) - 1) for raw in SMALL_ORDER_POINTS}
+    assert ys == set(SMALL_ORDER_Y)
+    for raw in SMALL_ORDER_POINTS:
+        point = decode(raw)
+        assert point is not None and mul(8, point) == (0, 1)
+
+
+def _small_order_encodings() -> list[bytes]:
+    """Every 32-byte string that decodes, leniently (y mod p, any sign), to a small-order
+    point: the eight canonical encodings, the other sign bit, and y + p where that fits."""
+    out = set()
+    for y in SMALL_ORDER_Y:
+        for sign in (0, 1):
+            out.add(_encode(y, sign))
+            if y + P < 1 << 255:
+                out.add(_encode(y + P, sign))
+    return sorted(out)
+
+
+@pytest.mark.parametrize("raw", _small_order_encodings(), ids=lambda raw: raw.hex()[:8])
+def test_every_encoding_of_a_small_order_point_is_refused(raw: bytes) -> None:
+    with pytest.raises(ValueError, match="not a valid Ed25519 public key"):
+        PeerId.from_bytes(raw)
+
+
+def test_the_small_order_keys_forge_signatures_that_openssl_accepts() -> None:
+    from conformance._ed25519 import SMALL_ORDER_POINTS, forge_small_order
+
+    forged = 0
+    for key in SMALL_ORDER_POINTS:
+        for n in range(16):
+            message = b"message %d" % n
+            signature = forge_small_order(key, message)
+            if signature is not None:
+                Ed25519PublicKey.from_public_bytes(key).verify(signature, message)
+                forged += 1
+                break
+    assert forged == 8
+
+
+SIG_MESSAGE = b"petalproto test message"
+
+
+def test_verify_refuses_a_non_canonical_s() -> None:
+    from conformance._ed25519 import non_canonical_s
+
+    signature = ALICE.sign(SIG_MESSAGE)
+    assert ALICE.peer_id.verify(signature, SIG_MESSAGE)
+    assert not ALICE.peer_id.verify(non_canonical_s(signature), SIG_MESSAGE)
+
+
+def test_verify_refuses_an_identity_r_that_openssl_accepts() -> None:
+    from conformance._ed25519 import identity_r_signature
+
+    signature = identity_r_signature(ALICE, SIG_MESSAGE)
+    Ed25519PublicKey.from_public_bytes(ALICE.peer_id.raw).verify(signature, SIG_MESSAGE)
+    assert not ALICE.peer_id.verify(signature, SIG_MESSAGE)
+
+
+@pytest.mark.parametrize("r", _small_order_encodings(), ids=lambda raw: raw.hex()[:8])
+def test_verify_refuses_every_small_order_r(r: bytes) -> None:
+    signature = ALICE.sign(SIG_MESSAGE)
+    assert not ALICE.peer_id.verify(r + signature[32:], SIG_MESSAGE)
+
+
+def test_verify_refuses_an_r_off_the_curve_and_a_short_signature() -> None:
+    signature = ALICE.sign(SIG_MESSAGE)
+    off = next(y for y in range(2, 60) if not _is_square((y * y - 1) * pow(D * y * y + 1, -1, P)))
+    assert not ALICE.peer_id.verify(_encode(off) + signature[32:], SIG_MESSAGE)
+    assert not ALICE.peer_id.verify(signature[:63], SIG_MESSAGE)

@@ -19,18 +19,28 @@ from typing import Any
 
 import pytest
 import trio
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from conformance import Case, Level, Options, Result, Verdict, load_cases, run_cases
 from conformance._coverage import misquoted
 from conformance.cases.dht import UNKNOWN_DHT_METHOD
-from petalproto.core import Address, ErrorCode, Identity
+from petalproto.core import Address, ErrorCode, Identity, PeerId
 from petalproto.core._msgpack import encode
-from petalproto.core.dht import Contact, Record, RecordRejected, named_key, parse_record
+from petalproto.core.dht import (
+    Contact,
+    Record,
+    RecordRejected,
+    named_key,
+    parse_record,
+    record_rank,
+)
 from petalproto.net import CallContext, Node, RpcError
 from petalproto.net._dht import DhtService
 
 ROOT = Path(__file__).resolve().parents[2]
 K = 20
+_L = 2**252 + 27742317777372353535851937790883648493  # RFC 8032 §5.1: the group order
 _FIELDS = {
     "dht.ping": {"listen"},
     "dht.find_node": {"listen", "target"},
@@ -49,6 +59,9 @@ class DhtFaults:
     extra_contacts: bool = False
     unsorted: bool = False
     include_self: bool = False
+    empty_nodes: bool = False  # dht.find_node answers with an empty list
+    get_without_nodes: bool = False  # dht.get answers with the records and no contacts
+    skip_closest: bool = False  # leaves out the closest contact it holds
     # request bodies (§12.3)
     reject_unknown_fields: bool = False
     check_bodies: bool = True
@@ -67,10 +80,13 @@ class DhtFaults:
     check_slot: bool = True
     check_lifetime: bool = True
     check_signature: bool = True
+    openssl_keys: bool = False  # accept what OpenSSL accepts: small-order keys and R
+    reduce_s: bool = False  # read S modulo L (accepts S + L)
     signature_first: bool = False
     lifetime_first: bool = False
     # storage (§12.6)
     check_seq: bool = True
+    old_seq_rule: bool = False  # refuse the same seq with any other value, even a better one
     keep_first: bool = False
     replace_earlier: bool = False
     key_quota: int | None = 128
@@ -158,7 +174,7 @@ class BrokenDht:
         found = sorted(
             (c for raw, c in self.contacts.items() if raw != ctx.peer_id.raw),
             key=lambda c: c.node_id ^ goal,
-        )[: K + 5 if faults.extra_contacts else K]
+        )[int(faults.skip_closest) : (K + 5 if faults.extra_contacts else K)]
         if faults.unsorted:
             found.reverse()
         if faults.include_self:
@@ -170,7 +186,8 @@ class BrokenDht:
         return wire
 
     def _find_node(self, ctx: CallContext, body: dict[str, Any]) -> Any:
-        return {"nodes": self._nodes(ctx, self._id(body, "target"))}
+        target = self._id(body, "target")
+        return {"nodes": [] if self.faults.empty_nodes else self._nodes(ctx, target)}
 
     def _get(self, ctx: CallContext, body: dict[str, Any]) -> Any:
         key, now = self._id(body, "key"), time.time()
@@ -182,7 +199,8 @@ class BrokenDht:
         records = records[: 1 if self.faults.serve_one_record else 128]
         while self.faults.fit_the_window and len(encode({"records": records})) > 60_000:
             records.pop()
-        return {"records": records, "nodes": self._nodes(ctx, key)}
+        nodes = [] if self.faults.get_without_nodes else self._nodes(ctx, key)
+        return {"records": records, "nodes": nodes}
 
     def _put(self, ctx: CallContext, body: dict[str, Any]) -> Any:
         faults = self.faults
@@ -191,7 +209,7 @@ class BrokenDht:
                 raise _refuse(ErrorCode.BAD_REQUEST, "no record")
             return {}
         try:
-            record = parse_record(body["record"])
+            record = self._parse(body["record"])
         except RecordRejected as exc:
             if faults.check_schema:
                 raise _refuse(exc.code, exc.reason) from None
@@ -200,6 +218,22 @@ class BrokenDht:
             self._validate(record)
         self._store(record)
         return {}
+
+    def _parse(self, wire: Any) -> Record:
+        if not self.faults.openssl_keys or not isinstance(wire, dict):
+            return parse_record(wire)
+        raw = wire.get("publisher")
+        if type(raw) is not bytes:
+            return parse_record(wire)
+        try:
+            key = Ed25519PublicKey.from_public_bytes(raw)
+        except ValueError:
+            return parse_record(wire)
+        fields = {k: v for k, v in wire.items() if k not in ("publisher", "sig")}
+        try:
+            return Record(**fields, publisher=PeerId(raw, key), signature=wire["sig"])
+        except (TypeError, ValueError, KeyError):
+            return parse_record(wire)
 
     def _validate(self, record: Record) -> None:
         faults, now = self.faults, time.time()
@@ -214,9 +248,23 @@ class BrokenDht:
             order = ["signature", "size", "slot", "lifetime"]
         if faults.lifetime_first:
             order = ["lifetime", "size", "slot", "signature"]
+        if faults.openssl_keys or faults.reduce_s:
+            checks["signature"] = self._lenient_signature
         for name in order:
             if getattr(faults, f"check_{name}"):
                 checks[name](record, now)
+
+    def _lenient_signature(self, record: Record, now: float) -> None:
+        sig = record.signature
+        if self.faults.reduce_s:
+            s = int.from_bytes(sig[32:], "little") % _L
+            sig = sig[:32] + s.to_bytes(32, "little")
+        try:
+            Ed25519PublicKey.from_public_bytes(record.publisher.raw).verify(
+                sig, record.signed_bytes
+            )
+        except InvalidSignature:
+            raise _refuse(ErrorCode.RECORD_BAD_SIGNATURE, "signature") from None
 
     def _store(self, record: Record) -> None:
         faults, now = self.faults, time.time()
@@ -233,17 +281,14 @@ class BrokenDht:
             return
         else:
             same_value = record.value_bytes == current.value_bytes
-            if faults.check_seq and (
-                record.seq < current.seq or (record.seq == current.seq and not same_value)
-            ):
+            better = record_rank(record) > record_rank(current)
+            if faults.old_seq_rule and record.seq == current.seq and not same_value:
+                raise _refuse(ErrorCode.RECORD_SEQ_TOO_LOW, "another value under one seq")
+            if record.seq == current.seq and same_value and not better:
+                if not faults.replace_earlier:
+                    return
+            elif faults.check_seq and not better:
                 raise _refuse(ErrorCode.RECORD_SEQ_TOO_LOW, "downgrade")
-            if (
-                record.seq == current.seq
-                and same_value
-                and record.expires <= current.expires
-                and not faults.replace_earlier
-            ):
-                return
         if not faults.forget_puts:
             self.slots[slot] = record
 
@@ -336,6 +381,8 @@ BREAKERS: dict[str, DhtFaults] = {
     **_span("12.3.4", 2, 10, DhtFaults(check_schema=False)),
     "12.3.4/11": DhtFaults(validate=False),
     "12.3.4/12": DhtFaults(forget_puts=True),
+    "12.3.2/7": DhtFaults(empty_nodes=True),
+    "12.3.3/8": DhtFaults(get_without_nodes=True),
     "12.4/1": DhtFaults(include_self=True),
     "12.5.1/1": DhtFaults(check_slot=False),
     **_span("12.5.3", 1, 2, DhtFaults(check_size=False)),
@@ -352,6 +399,11 @@ BREAKERS: dict[str, DhtFaults] = {
     "12.6/6": DhtFaults(keep_first=True),
     "12.6/7": DhtFaults(key_quota=None),
     "12.6/8": DhtFaults(block_expired=True),
+    "12.6/9": DhtFaults(old_seq_rule=True),
+    **_span("12.6", 10, 11, DhtFaults(check_seq=False)),
+    **_span("12.5.1", 2, 9, DhtFaults(openssl_keys=True)),
+    "12.5.3/11": DhtFaults(openssl_keys=True),
+    "12.5.3/12": DhtFaults(reduce_s=True),
 }
 
 
@@ -387,6 +439,20 @@ async def test_a_peer_without_a_dht_is_unimplemented_not_failed() -> None:
     results = await run_on(dht_cases(), "none")
     assert _report(results, {Verdict.UNIMPLEMENTED, Verdict.PASS}) == {}
     assert {r.case.id for r in results if r.verdict is Verdict.PASS} == {"12.3/7", "12.5.5/1"}
+
+
+#: More broken peers that a case must catch, beyond the one in BREAKERS.
+MORE_BREAKERS: list[tuple[str, DhtFaults]] = [
+    ("12.3.2/7", DhtFaults(skip_closest=True)),
+    ("12.3.3/8", DhtFaults(skip_closest=True)),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("case_id", "faults"), MORE_BREAKERS)
+async def test_dht_case_fails_under_more_broken_peers(case_id: str, faults: DhtFaults) -> None:
+    (result,) = await run_on([_case(case_id)], "broken", faults)
+    assert result.verdict is Verdict.FAIL, f"{result.verdict.value}: {result.observed}"
 
 
 @pytest.mark.slow

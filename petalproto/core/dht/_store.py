@@ -4,10 +4,14 @@ Theory of operation
 -------------------
 The store maps a slot ``(key, subkey)`` to the one record it holds.  ``put`` validates a
 record (``validate_record``: size, slot ownership, lifetime, signature) before it looks at
-what is stored, then applies the sequence rule of BEP 44: a record replaces the stored one
-only with a higher ``seq``, or with the same ``seq`` *and* the same value and a later expiry
-(a republish).  A lower ``seq``, or the same ``seq`` with another value, is refused with
-``RECORD_SEQ_TOO_LOW``, so a storer never downgrades a slot while its record lives.
+what is stored, then applies the selection rule of SPEC.md §12.5.4 (BEP 44's sequence
+rule, completed by its tie-breaks): a record replaces the stored one exactly when it is
+better: a higher ``seq``, or the same ``seq`` and a later expiry, or the same ``seq`` and
+expiry and a bytewise greater canonical value.  A copy of the stored record (same ``seq``
+and value) that is not better is answered and changes nothing.  Anything else, a lower
+``seq`` or the same ``seq`` with a value that is not better, is refused with
+``RECORD_SEQ_TOO_LOW``, so a storer never downgrades a slot while its record lives and a
+reader's entry correction always converges on the record every reader selects.
 
 Quotas bound memory against any one publisher and any one key: at most
 ``max_subkeys_per_key`` slots per key (a full key refuses new publishers, it never evicts
@@ -32,7 +36,7 @@ from dataclasses import dataclass
 
 from .._errors import ErrorCode
 from ._errors import RecordRejected
-from ._records import Record, validate_record
+from ._records import Record, record_rank, validate_record
 
 __all__ = ["RecordStore", "StoreConfig"]
 
@@ -84,8 +88,8 @@ class RecordStore:
 
         Raises:
             RecordRejected: the record is invalid (``RECORD_*`` codes), ``seq`` is too low or
-                equal with another value (``RECORD_SEQ_TOO_LOW``), or a quota is full
-                (``QUOTA_EXCEEDED``).
+                equal with another value that is not better under SPEC.md §12.5.4
+                (``RECORD_SEQ_TOO_LOW``), or a quota is full (``QUOTA_EXCEEDED``).
         """
         validate_record(record, unix_now)
         self.sweep(unix_now)
@@ -168,11 +172,17 @@ class RecordStore:
 
 
 def _replaces(new: Record, old: Record) -> bool:
-    """BEP 44's rule: never downgrade a slot.  Raises for a lower or conflicting seq."""
+    """SPEC.md §12.6 items 2-3: a better record under the selection rule (§12.5.4)
+    replaces; a copy of the stored one (same seq and value) that is not better changes
+    nothing; anything else would be a downgrade and raises.
+
+    Storage and selection agree, so entry correction (§12.8.3), which puts the best copy a
+    reader saw, always converges: even when a publisher signed two values under one seq.
+    """
+    if record_rank(new) > record_rank(old):
+        return True
+    if new.seq == old.seq and new.value_bytes == old.value_bytes:
+        return False
     if new.seq < old.seq:
         raise RecordRejected(ErrorCode.RECORD_SEQ_TOO_LOW, f"seq {new.seq} < stored {old.seq}")
-    if new.seq > old.seq:
-        return True
-    if new.value_bytes != old.value_bytes:
-        raise RecordRejected(ErrorCode.RECORD_SEQ_TOO_LOW, "same seq with another value")
-    return new.expires > old.expires
+    raise RecordRejected(ErrorCode.RECORD_SEQ_TOO_LOW, "same seq, another value, not better")

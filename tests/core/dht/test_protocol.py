@@ -143,7 +143,7 @@ def test_put_and_get() -> None:
         (with_fields(dictionary(1), value=b"x" * 5000), ErrorCode.RECORD_TOO_LARGE),
         (with_fields(dictionary(1), subkey=peer(2).raw), ErrorCode.RECORD_FOREIGN_SUBKEY),
         (dictionary(1, seq=1), ErrorCode.RECORD_SEQ_TOO_LOW),
-        (dictionary(1, seq=2, value="other"), ErrorCode.RECORD_SEQ_TOO_LOW),
+        (dictionary(1, seq=2, value="a"), ErrorCode.RECORD_SEQ_TOO_LOW),  # "a" < "v"
         (dictionary(3), ErrorCode.QUOTA_EXCEEDED),
     ],
 )

@@ -9,7 +9,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from petalproto.core._errors import ErrorCode
-from petalproto.core.dht import Record, RecordRejected, RecordStore, StoreConfig, select_best
+from petalproto.core.dht import (
+    Record,
+    RecordRejected,
+    RecordStore,
+    StoreConfig,
+    record_rank,
+    select_best,
+)
 
 from .factories import NOW, dictionary, named, peer, with_fields
 
@@ -37,7 +44,12 @@ def test_sequence_rules() -> None:
     store = RecordStore()
     store.put(named(seq=5, value="five"), NOW)
     assert _put_code(store, named(seq=4, value="four")) == ErrorCode.RECORD_SEQ_TOO_LOW
-    assert _put_code(store, named(seq=5, value="other")) == ErrorCode.RECORD_SEQ_TOO_LOW
+    # "five" encodes as a4 66 69 76 65; "eight" (a5 ...) is greater, "four" (a4 66 6f ...)
+    # is greater too, "abcd" (a4 61 ...) is smaller
+    assert _put_code(store, named(seq=5, value="abcd")) == ErrorCode.RECORD_SEQ_TOO_LOW
+    assert _put_code(store, named(seq=5, value="eight", expires=NOW + 10)) == (
+        ErrorCode.RECORD_SEQ_TOO_LOW
+    )
     # the same record again, or with an earlier expiry: accepted, nothing changes
     assert store.put(named(seq=5, value="five"), NOW) is False
     assert store.put(named(seq=5, value="five", expires=NOW + 10), NOW) is False
@@ -154,7 +166,11 @@ def test_store_never_holds_bad_or_downgraded_records(ops: list[tuple[Any, ...]])
             assert code == ErrorCode.RECORD_EXPIRED
         elif current is not None and (
             record.seq < current.seq
-            or (record.seq == current.seq and record.value != current.value)
+            or (
+                record.seq == current.seq
+                and record.value_bytes != current.value_bytes
+                and record_rank(record) < record_rank(current)
+            )
         ):
             assert code == ErrorCode.RECORD_SEQ_TOO_LOW
         else:
@@ -188,3 +204,25 @@ def test_per_publisher_count_follows_removals() -> None:
     assert store.sweep(NOW + 10) == 1
     store.put(dictionary(1, key=b"\x02" * 32), NOW + 10)  # room again for publisher 1
     assert len(store) == 2
+
+
+def test_the_better_of_two_values_under_one_seq_wins_in_either_order() -> None:
+    # SPEC.md §12.5.4 and §12.6 agree: with equal seq and expires the bytewise greater
+    # canonical value is stored, whichever copy arrives first, so entry correction converges.
+    low, high = named(seq=7, value="a"), named(seq=7, value="b")
+    for first, second in ((low, high), (high, low)):
+        store = RecordStore()
+        assert store.put(first, NOW) is True
+        if second is high:
+            assert store.put(second, NOW) is True
+        else:
+            assert _put_code(store, second) == ErrorCode.RECORD_SEQ_TOO_LOW
+        assert store.get(low.key, NOW) == [high]
+
+
+def test_another_value_with_a_later_expiry_replaces() -> None:
+    store = RecordStore()
+    store.put(named(seq=3, value="b"), NOW)
+    later = named(seq=3, value="a", expires=NOW + 7200)
+    assert store.put(later, NOW) is True
+    assert store.get(later.key, NOW) == [later]
