@@ -22,10 +22,12 @@ import pytest
 import torch
 import trio
 
-from petalproto.core import Address, Identity
-from petalproto.net import call, open_connection
+from petalproto.core import Address, ErrorCode, Identity
+from petalproto.core._route import SpanInfo
+from petalproto.net import RpcError, call, open_connection
 from reference_peer import DistributedModelForCausalLM
 from reference_peer._local_swarm import LocalSwarm
+from reference_peer._remote import NoChain, Swarm
 
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 
@@ -171,3 +173,23 @@ def test_a_flood_from_one_address_does_not_stop_a_good_client(
             assert not failed, failed[:3]
         finally:
             model.close()
+
+
+def test_no_chain_names_the_peers_that_said_they_are_overloaded() -> None:
+    busy, broken = (Address(Identity.from_seed(bytes([i]) * 32).peer_id, "h", 1) for i in (1, 2))
+    spans = [SpanInfo(busy, "m", 0, 2), SpanInfo(broken, "m", 2, 4)]
+
+    async def discover(model: str) -> list[SpanInfo]:
+        return spans
+
+    swarm = Swarm([], discover=discover)
+    try:
+        swarm.blame(broken.peer_id, RpcError(ErrorCode.INTERNAL_ERROR))
+        with pytest.raises(NoChain) as plain:
+            swarm.loop.run(swarm.plan, "m", 0, 4)
+        assert "overloaded" not in str(plain.value)
+        swarm.blame(busy.peer_id, RpcError(ErrorCode.OVERLOADED, "too many connections"))
+        with pytest.raises(NoChain, match=f"peer {busy.peer_id.short()} is overloaded"):
+            swarm.loop.run(swarm.plan, "m", 0, 4)
+    finally:
+        swarm.close()
