@@ -194,7 +194,7 @@ class Options:
     port: int
     peer_id: Any = None
     timeout: float = 2.0
-    handshake_timeout: float = 10.0
+    handshake_timeout: float = 5.0
     connect_timeout: float = 5.0
     grace: float = 1.0
 

@@ -102,9 +102,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--handshake-timeout",
         type=float,
-        default=10.0,
+        default=5.0,
         metavar="SECONDS",
-        help="the responder handshake timeout of SPEC.md §6.7 (default 10)",
+        help="the responder handshake timeout of SPEC.md §6.7 (default 5)",
     )
     return parser
 

@@ -87,6 +87,7 @@ class Swarm:
         self._discover = discover
         self.latency: dict[PeerId, float] = {}
         self._backoff: dict[PeerId, tuple[float, int]] = {}
+        self._overloaded: set[PeerId] = set()  # blamed last for OVERLOADED (SPEC.md §9.3)
         self._seen: dict[str, tuple[float, list[SpanInfo]]] = {}
         self.dht: DhtService | None = None
         if use_dht and discover is None:
@@ -153,10 +154,23 @@ class Swarm:
                 nursery.start_soon(ask, address)
         return found
 
-    def blame(self, peer: PeerId) -> None:
-        """Put ``peer`` in backoff after a failure."""
+    def blame(self, peer: PeerId, exc: BaseException | None = None) -> None:
+        """Put ``peer`` in backoff after a failure (``exc``, when known)."""
         _, failures = self._backoff.get(peer, (0.0, 0))
         self._backoff[peer] = (time.monotonic() + BACKOFF * 2**failures, failures + 1)
+        # RpcError and StreamReset carry the code; a connection closed by GOAWAY names it.
+        if getattr(exc, "code", None) is ErrorCode.OVERLOADED or "OVERLOADED" in str(exc):
+            self._overloaded.add(peer)
+        else:
+            self._overloaded.discard(peer)
+
+    def explain(self, exc: NoChain) -> NoChain:
+        """``exc``, naming the avoided peers that said they were overloaded: the blocks are
+        served, by peers too busy to take us now."""
+        busy = sorted(p.short() for p in self._overloaded & self.avoided())
+        if busy:
+            exc.args = (f"{exc}: peer {', '.join(busy)} is overloaded; try again later",)
+        return exc
 
     def avoided(self) -> set[PeerId]:
         now = time.monotonic()
@@ -166,9 +180,18 @@ class Swarm:
         """The cheapest chain over ``[lo, hi)``. Raises: NoChain."""
         spans = await self.spans(model)
         jitter = {s.peer_id: int.from_bytes(os.urandom(2), "big") / 65535 * 1e-4 for s in spans}
-        return plan_chain(
-            spans, lo, hi, model=model, latency=self.latency, avoid=self.avoided(), jitter=jitter
-        )
+        try:
+            return plan_chain(
+                spans,
+                lo,
+                hi,
+                model=model,
+                latency=self.latency,
+                avoid=self.avoided(),
+                jitter=jitter,
+            )
+        except NoChain as exc:
+            raise self.explain(exc) from None
 
 
 def span_from_info(address: Address, info: dict[str, Any]) -> SpanInfo:
@@ -294,7 +317,7 @@ class RemoteChain:
                 return message["hidden"]  # type: ignore[no-any-return]
             except _PEER_FAULTS as exc:
                 self._check_caller_fault(exc)
-                self.swarm.blame(span.peer_id)
+                self.swarm.blame(span.peer_id, exc)
         raise RuntimeError("too many peer failures in one forward pass")
 
     async def _step(self, body: dict[str, Any], batch: int) -> dict[str, Any]:
@@ -343,9 +366,9 @@ class RemoteChain:
                 return hops
             except _PEER_FAULTS as exc:
                 self._check_caller_fault(exc)
-                self.swarm.blame(chain[len(hops)].peer_id)
+                self.swarm.blame(chain[len(hops)].peer_id, exc)
                 await self._close_hops(hops)
-        raise NoChain(self.model, [(lo, hi)])
+        raise self.swarm.explain(NoChain(self.model, [(lo, hi)]))
 
     async def _open_one(self, span: SpanInfo) -> _Hop:
         peer = await self.swarm.pool.get(span.address)
@@ -371,7 +394,7 @@ class RemoteChain:
             failed.span.end,
             exc,
         )
-        self.swarm.blame(failed.span.peer_id)
+        self.swarm.blame(failed.span.peer_id, exc)
         self.swarm.forget(self.model)
         await self._close_hops([failed])
         fresh = await self._open(failed.span.start, failed.span.end)

@@ -80,7 +80,7 @@ B_SIG = (
 )
 B_PEER = "- for the initiator, the authenticated peer id is not the one it dialled (§4.2)."
 R_6_7 = (
-    "A responder SHOULD abort a handshake that has not completed within 10 seconds of "
+    "A responder SHOULD abort a handshake that has not completed within 5 seconds of "
     "accepting the TCP connection."
 )
 

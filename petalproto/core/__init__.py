@@ -7,6 +7,16 @@ random source: time and randomness are arguments.
 from __future__ import annotations
 
 from ._address import Address, join_host_port, split_host_port
+from ._admission import (
+    Activity,
+    Admission,
+    Admitted,
+    Limits,
+    Promoted,
+    RefusalReason,
+    Refused,
+    source_of,
+)
 from ._connection import Config, Connection, ConnState, Role
 from ._errors import (
     ErrorCode,
@@ -42,7 +52,10 @@ __all__ = [
     "PROLOGUE",
     "PROTOCOL_NAME",
     "SIG_PREFIX",
+    "Activity",
     "Address",
+    "Admission",
+    "Admitted",
     "Config",
     "ConnState",
     "Connection",
@@ -56,6 +69,7 @@ __all__ = [
     "HandshakeCompleted",
     "HandshakeFailed",
     "Identity",
+    "Limits",
     "LocalProtocolError",
     "MalformedMessage",
     "Message",
@@ -64,7 +78,10 @@ __all__ = [
     "PeerIdMismatch",
     "Ping",
     "Pong",
+    "Promoted",
     "ProtocolError",
+    "RefusalReason",
+    "Refused",
     "RemoteProtocolError",
     "Reset",
     "Role",
@@ -73,5 +90,6 @@ __all__ = [
     "encode",
     "encode_canonical",
     "join_host_port",
+    "source_of",
     "split_host_port",
 ]

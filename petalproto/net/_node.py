@@ -7,13 +7,13 @@ from typing import Any
 
 import trio
 
-from petalproto.core import Address, Config, ErrorCode, Identity
+from petalproto.core import Address, Admission, Config, ErrorCode, Identity, Limits
 from petalproto.core._events import AGENT
 
 from ._peer import PeerConnection
 from ._pool import ConnectionPool
 from ._rpc import CallContext, Router, RpcError
-from ._transport import serve_peers
+from ._transport import limits_for, serve_peers
 
 __all__ = ["Node"]
 
@@ -36,12 +36,15 @@ class Node:
         announce_host: str | None = None,
         config: Config | None = None,
         max_connections: int = 512,
+        limits: Limits | None = None,
     ) -> None:
         self.identity = identity
         self.host, self.port = host, port
         self.announce_host = announce_host
         self.config = config
         self.max_connections = max_connections
+        #: Who may connect, and who is shed under a flood (SPEC.md §9.3).
+        self.admission = Admission(limits or limits_for(max_connections))
         self.router = Router()
         self.router.unary("ping", self._handle_ping)
         self._address: Address | None = None
@@ -80,7 +83,7 @@ class Node:
                     self.host,
                     self.port,
                     config=self.config,
-                    max_connections=self.max_connections,
+                    admission=self.admission,
                     on_connection=self._adopt,
                     task_status=task_status,
                 )

@@ -76,6 +76,8 @@ class PeerConnection:
         self._early: list[Event] = []
         self.close_reason: ConnectionClosed | None = None
         self.last_used = 0.0
+        #: When a stream last opened, carried a message or ended here (admission, §9.3).
+        self.last_active = 0.0
 
     @property
     def peer_id(self) -> PeerId:
@@ -95,6 +97,11 @@ class PeerConnection:
     def closed(self) -> trio.Event:
         return self._closed
 
+    @property
+    def open_streams(self) -> int:
+        """Streams not yet closed in both directions."""
+        return len(self._streams)
+
     # ------------------------------------------------------------------ running
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -112,6 +119,7 @@ class PeerConnection:
                 await self._handshake()
             if self._conn.peer_id is None:
                 raise trio.BrokenResourceError("handshake did not complete")
+            self.last_active = trio.current_time()
             task_status.started()
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -202,6 +210,8 @@ class PeerConnection:
             self._shutdown()
 
     def _dispatch(self, event: Event) -> None:
+        if isinstance(event, Message | EndStream | Open):
+            self.last_active = trio.current_time()
         match event:
             case Message():
                 if stream := self._streams.get(event.stream_id):
@@ -269,6 +279,11 @@ class PeerConnection:
 
     def _check_open(self) -> None:
         if self._closed.is_set():
+            reason = self.close_reason
+            if reason is not None and reason.by_peer and reason.code is not ErrorCode.NO_ERROR:
+                # Say why, e.g. "closed by the peer: OVERLOADED (too many connections)".
+                why = f" ({reason.reason})" if reason.reason else ""
+                raise trio.BrokenResourceError(f"closed by the peer: {reason.code.name}{why}")
             raise trio.BrokenResourceError("connection closed")
 
     async def _send_event(self, event: Event) -> None:
@@ -282,6 +297,7 @@ class PeerConnection:
         await self._after_input([])
 
     async def _send_on_stream(self, stream: Stream, event: Message | EndStream) -> None:
+        self.last_active = trio.current_time()
         await self._send_event(event)
         self._maybe_forget(stream)
         # Back-pressure: wait until the peer's credit let everything out (SPEC.md §8.5).
@@ -311,7 +327,7 @@ class PeerConnection:
             raise trio.BrokenResourceError(f"cannot open a stream: {exc}") from exc
         stream = Stream(self, stream_id, method)
         self._streams[stream_id] = stream
-        self.last_used = trio.current_time()
+        self.last_used = self.last_active = trio.current_time()
         await self._after_input([])
         return stream
 
@@ -331,11 +347,12 @@ class PeerConnection:
             await self._progress.wait()
         return trio.current_time() - start
 
-    async def aclose(self, reason: str = "") -> None:
-        """Say GOAWAY and stop; streams in flight are reset."""
+    async def aclose(self, reason: str = "", *, code: ErrorCode = ErrorCode.NO_ERROR) -> None:
+        """Say GOAWAY (with ``code``, NO_ERROR by default) and stop; streams in flight are
+        reset."""
         if not self._closed.is_set():
             try:
-                self._conn.send(GoAway(code=ErrorCode.NO_ERROR, reason=reason), trio.current_time())
+                self._conn.send(GoAway(code=code, reason=reason), trio.current_time())
                 await self._flush()
             except (LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError):
                 pass

@@ -7,7 +7,7 @@ import os
 import pytest
 import trio
 
-from petalproto.core import Address, Config, HandshakeFailed, PeerIdMismatch
+from petalproto.core import Address, Config, ErrorCode, PeerIdMismatch
 from petalproto.net import ConnectionPool, Node, call, open_connection
 
 from .conftest import make_identity
@@ -81,16 +81,22 @@ async def test_silent_tcp_client_is_cut_at_the_handshake_timeout() -> None:
         nursery.cancel_scope.cancel()
 
 
-async def test_connection_limit_refuses_extra_connections() -> None:
+async def test_connection_limit_refuses_extra_connections_as_overloaded() -> None:
     async with trio.open_nursery() as nursery:
         node: Node = await nursery.start(Node(make_identity(), max_connections=2).run)
+        # The first two are fresh, so neither is shed: the third hears GOAWAY OVERLOADED
+        # (SPEC.md §9.3) and a call on it says so.
         async with (
             open_connection(node.address, make_identity()),
             open_connection(node.address, make_identity()),
+            open_connection(node.address, make_identity()) as third,
         ):
-            with pytest.raises((HandshakeFailed, trio.BrokenResourceError, OSError)):
-                async with open_connection(node.address, make_identity(), connect_timeout=2):
-                    pass  # pragma: no cover
+            with trio.fail_after(3):
+                await third.closed.wait()
+            assert third.close_reason is not None
+            assert third.close_reason.code is ErrorCode.OVERLOADED
+            with pytest.raises(trio.BrokenResourceError, match="OVERLOADED"):
+                await call(third, "ping", {})
         # Once the first two are gone, new peers are welcome again.
         with trio.fail_after(3):
             while True:
