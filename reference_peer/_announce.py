@@ -41,7 +41,14 @@ def _seq() -> int:
     return int(time.time() * 1000)
 
 
-def announcement(identity: Identity, model: str, info: dict[str, Any], address: Address) -> Record:
+def announcement(
+    identity: Identity,
+    model: str,
+    info: dict[str, Any],
+    address: Address,
+    *,
+    lifetime: int = ANNOUNCE_LIFETIME,
+) -> Record:
     value = {
         "addr": str(address),
         "start": int(info["start"]),
@@ -51,13 +58,13 @@ def announcement(identity: Identity, model: str, info: dict[str, Any], address: 
         "dtype": str(info.get("dtype", "")),
     }
     return make_dictionary_record(
-        identity, spans_key(model), value, seq=_seq(), expires=int(time.time()) + ANNOUNCE_LIFETIME
+        identity, spans_key(model), value, seq=_seq(), expires=int(time.time()) + lifetime
     )
 
 
-def withdrawal(identity: Identity, model: str) -> Record:
+def withdrawal(identity: Identity, model: str, *, lifetime: int = ANNOUNCE_LIFETIME) -> Record:
     return make_dictionary_record(
-        identity, spans_key(model), None, seq=_seq(), expires=int(time.time()) + ANNOUNCE_LIFETIME
+        identity, spans_key(model), None, seq=_seq(), expires=int(time.time()) + lifetime
     )
 
 
@@ -94,29 +101,33 @@ async def keep_announced(
     server: Any,
     address: Address,
     *,
+    interval: float = ANNOUNCE_INTERVAL,
+    lifetime: int = ANNOUNCE_LIFETIME,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Announce now, report started, then refresh every ``ANNOUNCE_INTERVAL`` until
     cancelled.  A server alone in its swarm has nobody to store its record yet; it keeps
     trying at every refresh.  Withdrawing is ``withdraw``'s job: it needs the DHT running."""
     try:
-        await dht.put(announcement(identity, server.model, server.info(), address))
+        await dht.put(announcement(identity, server.model, server.info(), address, lifetime=lifetime))
     except Exception as exc:
         log.warning("could not announce ourselves yet: %r", exc)
     task_status.started()
     while True:
-        await trio.sleep(ANNOUNCE_INTERVAL)
+        await trio.sleep(interval)
         try:
-            await dht.put(announcement(identity, server.model, server.info(), address))
+            await dht.put(announcement(identity, server.model, server.info(), address, lifetime=lifetime))
         except Exception as exc:
             log.warning("could not refresh our announcement: %r", exc)
 
 
-async def withdraw(dht: Any, identity: Identity, model: str, *, timeout: float = 5.0) -> bool:
+async def withdraw(
+    dht: Any, identity: Identity, model: str, *, timeout: float = 5.0, lifetime: int = ANNOUNCE_LIFETIME
+) -> bool:
     """Replace our announcement with a withdrawal (SPEC.md §13.7); True if stored."""
     with trio.move_on_after(timeout):
         try:
-            stored = await dht.put(withdrawal(identity, model))
+            stored = await dht.put(withdrawal(identity, model, lifetime=lifetime))
         except Exception as exc:
             log.info("could not withdraw our announcement: %r", exc)
             return False
