@@ -47,10 +47,10 @@ def _first_line(proc: subprocess.Popen[str], deadline: float) -> str:
         if ready:
             line = stdout.readline()
             if not line:
-                raise AssertionError(f"{proc.args[3]} exited with {proc.wait()}")
+                raise AssertionError(f"the process exited with {proc.wait()}")
             return line.strip()
         if left <= 0:
-            raise AssertionError(f"{proc.args[3]} printed no address in time")
+            raise AssertionError("the process printed no address in time")
 
 
 @contextmanager
