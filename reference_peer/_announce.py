@@ -41,7 +41,14 @@ def _seq() -> int:
     return int(time.time() * 1000)
 
 
-def announcement(identity: Identity, model: str, info: dict[str, Any], address: Address) -> Record:
+def announcement(
+    identity: Identity,
+    model: str,
+    info: dict[str, Any],
+    address: Address,
+    *,
+    lifetime: int = ANNOUNCE_LIFETIME,
+) -> Record:
     value = {
         "addr": str(address),
         "start": int(info["start"]),
@@ -51,13 +58,13 @@ def announcement(identity: Identity, model: str, info: dict[str, Any], address: 
         "dtype": str(info.get("dtype", "")),
     }
     return make_dictionary_record(
-        identity, spans_key(model), value, seq=_seq(), expires=int(time.time()) + ANNOUNCE_LIFETIME
+        identity, spans_key(model), value, seq=_seq(), expires=int(time.time()) + lifetime
     )
 
 
-def withdrawal(identity: Identity, model: str) -> Record:
+def withdrawal(identity: Identity, model: str, *, lifetime: int = ANNOUNCE_LIFETIME) -> Record:
     return make_dictionary_record(
-        identity, spans_key(model), None, seq=_seq(), expires=int(time.time()) + ANNOUNCE_LIFETIME
+        identity, spans_key(model), None, seq=_seq(), expires=int(time.time()) + lifetime
     )
 
 
@@ -94,33 +101,87 @@ async def keep_announced(
     server: Any,
     address: Address,
     *,
+    interval: float = ANNOUNCE_INTERVAL,
+    lifetime: int = ANNOUNCE_LIFETIME,
     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Announce now, report started, then refresh every ``ANNOUNCE_INTERVAL`` until
-    cancelled.  A server alone in its swarm has nobody to store its record yet; it keeps
-    trying at every refresh.  Withdrawing is ``withdraw``'s job: it needs the DHT running."""
-    try:
-        await dht.put(announcement(identity, server.model, server.info(), address))
-    except Exception as exc:
-        log.warning("could not announce ourselves yet: %r", exc)
+    """Announce now, report started, then refresh every ``interval`` seconds until
+    cancelled.  Each announcement is a put that must be acknowledged by a quorum of the
+    nodes closest to the key (SPEC.md §12.8.3); it is tried again a few times, and a warning
+    names how many nodes took it when too few did.  A server alone in its swarm (no initial
+    peers, nobody in its table) keeps the record in its own store and says so at INFO.
+    Withdrawing is ``withdraw``'s job: it needs the DHT running."""
+    await _announce(
+        dht,
+        announcement(identity, server.model, server.info(), address, lifetime=lifetime),
+        interval,
+    )
     task_status.started()
     while True:
-        await trio.sleep(ANNOUNCE_INTERVAL)
-        try:
-            await dht.put(announcement(identity, server.model, server.info(), address))
-        except Exception as exc:
-            log.warning("could not refresh our announcement: %r", exc)
+        await trio.sleep(interval)
+        await _announce(
+            dht,
+            announcement(identity, server.model, server.info(), address, lifetime=lifetime),
+            interval,
+        )
 
 
-async def withdraw(dht: Any, identity: Identity, model: str, *, timeout: float = 5.0) -> bool:
-    """Replace our announcement with a withdrawal (SPEC.md §13.7); True if stored."""
+async def _announce(dht: Any, record: Record, interval: float) -> None:
+    try:
+        result = await dht.publish(record, backoff=min(1.0, interval / 8))
+    except Exception as exc:
+        log.warning("could not announce ourselves: %r", exc)
+        return
+    if result.ok:
+        log.debug("announcement acknowledged by %d of %d nodes", result.acked, result.targets)
+    elif _alone(dht, result):
+        log.info("no other DHT node known: the announcement is in our own store only")
+    else:
+        log.warning(
+            "announcement acknowledged by %d of %d nodes (quorum %d): clients may not find us",
+            result.acked,
+            result.targets,
+            result.quorum,
+        )
+
+
+def _alone(dht: Any, result: Any) -> bool:
+    # A swarm of one: we were given nobody to join and nobody found us yet.
+    return result.targets == 0 and not dht.initial_peers and not len(dht.node.table)
+
+
+async def withdraw(
+    dht: Any,
+    identity: Identity,
+    model: str,
+    *,
+    timeout: float = 5.0,
+    lifetime: int = ANNOUNCE_LIFETIME,
+) -> bool:
+    """Replace our announcement with a withdrawal (SPEC.md §13.7).
+
+    Returns:
+        True when a quorum of the nodes closest to the key acknowledged it; the log says
+        how many did ("withdrawn (N nodes)" counts only those, never our own store).
+    """
     with trio.move_on_after(timeout):
         try:
-            stored = await dht.put(withdrawal(identity, model))
+            result = await dht.publish(withdrawal(identity, model, lifetime=lifetime))
         except Exception as exc:
-            log.info("could not withdraw our announcement: %r", exc)
+            log.warning("could not withdraw our announcement: %r", exc)
             return False
-        log.info("announcement withdrawn (%d nodes)", stored)
-        return True
-    log.info("withdrawing our announcement timed out")
+        if result.ok:
+            log.info("announcement withdrawn (%d nodes)", result.acked)
+        elif _alone(dht, result):
+            log.info("announcement withdrawn (0 nodes: no other DHT node known)")
+        else:
+            log.warning(
+                "withdrawal acknowledged by %d of %d nodes (quorum %d): "
+                "clients may still find our announcement until it expires",
+                result.acked,
+                result.targets,
+                result.quorum,
+            )
+        return bool(result.ok)
+    log.warning("withdrawing our announcement timed out")
     return False

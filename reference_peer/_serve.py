@@ -78,7 +78,14 @@ async def _serve(args: argparse.Namespace, model_name: str, total: int) -> None:
     from petalproto.core._route import choose_blocks
     from petalproto.net import DhtService
 
-    from ._announce import keep_announced, spans_from_records, spans_key, withdraw
+    from ._announce import (
+        ANNOUNCE_INTERVAL,
+        ANNOUNCE_LIFETIME,
+        keep_announced,
+        spans_from_records,
+        spans_key,
+        withdraw,
+    )
     from ._loop import run_in_own_thread
     from ._server import PeerServer, measure_throughput
 
@@ -115,7 +122,15 @@ async def _serve(args: argparse.Namespace, model_name: str, total: int) -> None:
 
         async def announce(task_status: trio.TaskStatus[None]) -> None:
             with announcing:
-                await keep_announced(dht, identity, server, node.address, task_status=task_status)
+                await keep_announced(
+                    dht,
+                    identity,
+                    server,
+                    node.address,
+                    interval=args.announce_interval or ANNOUNCE_INTERVAL,
+                    lifetime=args.announce_lifetime or ANNOUNCE_LIFETIME,
+                    task_status=task_status,
+                )
 
         await nursery.start(announce)
         print_first_line(str(node.address))
@@ -126,7 +141,9 @@ async def _serve(args: argparse.Namespace, model_name: str, total: int) -> None:
                 break
         # Withdraw while the DHT still runs, then stop everything.
         announcing.cancel()
-        await withdraw(dht, identity, model_name)
+        await withdraw(
+            dht, identity, model_name, lifetime=args.announce_lifetime or ANNOUNCE_LIFETIME
+        )
         nursery.cancel_scope.cancel()
 
 

@@ -46,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="attention-cache budget, in tokens of one sequence",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    # For tests: refresh and expire the announcement within seconds rather than minutes.
+    parser.add_argument("--announce-interval", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--announce-lifetime", type=int, default=None, help=argparse.SUPPRESS)
 
 
 def run(args: argparse.Namespace) -> int:

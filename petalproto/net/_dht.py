@@ -416,6 +416,49 @@ class DhtService:
             raise DhtPutError(record, event.rejected)
         return event.stored
 
+    async def publish(
+        self, record: Record, *, attempts: int = 3, backoff: float = 1.0
+    ) -> PutFinished:
+        """Put ``record`` until a quorum of its targets acknowledged it (SPEC.md §12.8.3).
+
+        Each try is a whole put: a fresh lookup (dead contacts found by the last one count
+        against them in the table) and ``dht.put`` to the k closest that answered.  Between
+        tries it sleeps ``backoff`` seconds, doubling.  Whether the last try succeeded is
+        ``ok`` of the result; warning the operator is the caller's job.
+
+        Args:
+            record: a signed record.
+            attempts: the most tries (at least one).
+            backoff: the first pause, in seconds.
+
+        Returns:
+            The ``PutFinished`` of the first try that succeeded, or of the last one.
+
+        Raises:
+            ValueError: ``attempts`` is below 1.
+            trio.ClosedResourceError: the service is not running.
+        """
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        pause = backoff
+        for attempt in range(attempts):
+            event = await self._run_op(lambda now: self.node.put(record, now))
+            assert isinstance(event, PutFinished)
+            result = event
+            if result.ok or attempt == attempts - 1:
+                break
+            log.debug(
+                "put under %s…: %d of %d targets acknowledged (quorum %d); again in %g s",
+                record.key.hex()[:16],
+                event.acked,
+                event.targets,
+                event.quorum,
+                pause,
+            )
+            await trio.sleep(pause)
+            pause *= 2
+        return result
+
     async def find_node(self, target: int) -> list[Contact]:
         """The k nodes closest to ``target`` that answered, closest first (SPEC.md §12.8.1).
 

@@ -352,3 +352,19 @@ async def test_a_listen_address_by_host_name_is_resolved() -> None:
         assert service.node.listen is not None
         assert service.node.listen[0] in ("127.0.0.1", "::1")
         nursery.cancel_scope.cancel()
+
+
+async def test_publish_counts_acknowledgements_and_retries_until_a_quorum() -> None:
+    async with swarm(4) as nodes:
+        record = make_named_record(nodes[0].identity, b"p", 1, seq=1, expires=expires_in())
+        done = await nodes[0].publish(record)
+        assert done.ok and (done.targets, done.acked, done.quorum) == (3, 3, 3)
+        assert done.unanswered == ()
+    async with client([]) as us:
+        record = make_named_record(us.identity, b"p", 1, seq=1, expires=expires_in())
+        start = trio.current_time()
+        done = await us.publish(record, attempts=3, backoff=0.05)
+        assert not done.ok and (done.targets, done.acked, done.stored) == (0, 0, 0)
+        assert trio.current_time() - start >= 0.15  # paused 0.05 s, then 0.1 s
+        with pytest.raises(ValueError, match="attempts"):
+            await us.publish(record, attempts=0)

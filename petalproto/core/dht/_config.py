@@ -20,7 +20,8 @@ class DhtConfig:
         request_timeout: seconds before a lookup stops waiting for one answer.
         rpc_timeout: the ``timeout`` on every ``SendRequest``.
         get_quorum: finish a ``get`` once this many peers returned records (None: full lookup).
-        put_quorum: stores needed for ``PutFinished.ok``.
+        put_quorum: acknowledgements from the targets needed for ``PutFinished.ok`` (every
+            target when fewer answered the lookup; our own store never counts).
         republish_interval: seconds between republishes of our own records (1 h, Kademlia).
         max_corrections: entry-correction puts after one ``get``.
         contact_cache: parsed contacts kept between lookups (a few lookups' worth).

@@ -138,10 +138,22 @@ class GetFinished:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PutFinished:
-    """A ``put`` operation ended: ``stored`` peers accepted the record.
+    """A ``put`` operation ended (SPEC.md §12.8.3).
 
-    ``rejected`` lists the peers that answered with an error and its code; ``ok`` is true
-    when at least ``quorum`` peers stored the record.
+    Attributes:
+        op_id: the operation.
+        record: the record put.
+        stored: how many nodes hold it now: ``acked``, plus ourselves when we are among the
+            closest and our own store took it.
+        rejected: the peers that answered with an error, each with its code (ourselves
+            included when our own store refused it).
+        ok: at least ``quorum`` of the targets acknowledged the put.
+        targets: the nodes the put went to: the k closest that answered the lookup.
+        acked: how many of ``targets`` acknowledged it (answered ``{}``).
+        quorum: the acknowledgements needed for ``ok``: ``put_quorum``, or every target
+            when there are fewer, and never less than one.
+        unanswered: the targets that did not answer the put at all (timeout, broken
+            connection): worth another try.
     """
 
     op_id: int
@@ -149,6 +161,10 @@ class PutFinished:
     stored: int
     rejected: tuple[tuple[PeerId, ErrorCode], ...]
     ok: bool
+    targets: int = 0
+    acked: int = 0
+    quorum: int = 1
+    unanswered: tuple[PeerId, ...] = ()
 
 
 DhtEvent = PeerMisbehaved | LookupFinished | GetFinished | PutFinished

@@ -215,6 +215,27 @@ class Lookup:
         self._advance((cand.path,), now, commands)
         return commands
 
+    def add_seeds(self, contacts: Iterable[Contact], now: float) -> list[LookupCommand]:
+        """Add more starting contacts to a started lookup, and reopen it if it was done.
+
+        A lookup whose candidates all failed ends with few or no answers although the
+        routing table may hold live contacts beyond the k closest it started from; a put
+        continues from those (SPEC.md §12.8.3).  Contacts the lookup already knows, and our
+        own id, are skipped; the rest are dealt round-robin onto the paths at depth 0.
+
+        Returns:
+            The requests to the new candidates (nothing when none was new).
+        """
+        fresh = sorted(self._new_contacts(contacts), key=lambda c: c.node_id ^ self._target_id)
+        commands: list[LookupCommand] = []
+        if not fresh:
+            return commands
+        for i, contact in enumerate(fresh):
+            self._add(contact, 0, i % self._paths)
+        self.done = False
+        self._advance(range(self._paths), now, commands)
+        return commands
+
     def handle_timer(self, now: float) -> list[LookupCommand]:
         """Time out requests older than ``request_timeout``; harmless early or late.
 

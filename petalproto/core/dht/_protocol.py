@@ -28,9 +28,13 @@ Operations:
   the best record of each slot is put to the k closest peers that answered without it or
   with an older copy (libp2p kad-dht §"Entry correction").
 * ``put``: a lookup of the key, then ``dht.put`` to the k closest that answered; ``ok`` when
-  at least ``put_quorum`` stored it.  With ``republish=True`` the node puts the same signed
-  record again every ``republish_interval`` until it expires, so new nodes near the key
-  learn it.
+  at least ``put_quorum`` of them (all of them, when fewer answered) acknowledged it; our
+  own store never counts.  The lookup starts from the table's k closest *and* the nodes we
+  joined through, and when it ends with fewer than k answers it goes on from every table
+  contact it has not tried: a table crowded with dead contacts near the key must not make
+  the put miss the live nodes behind them.  With ``republish=True`` the node puts the same
+  signed record again every ``republish_interval`` until it expires, so new nodes near the
+  key learn it.
 
 Every answer marks the peer alive in the table (``observe``); every failure without an
 error code counts against it (``record_failure``); a peer that sent a malformed answer or a
@@ -93,7 +97,10 @@ class _Op:
     record: Record | None = None
     put_waiting: set[int] = field(default_factory=set)
     stored: int = 0
+    acked: int = 0
+    targets: int = 0
     rejected: list[tuple[PeerId, ErrorCode]] = field(default_factory=list)
+    unanswered: list[PeerId] = field(default_factory=list)
     putting: bool = False
 
 
@@ -140,6 +147,7 @@ class DhtNode:
         self._ready: dict[int, float] = {}  # ops whose lookup ended in start(), by time
         self._contacts: dict[bytes, Contact] = {}  # parse cache shared by our lookups
         self._distrusted: dict[PeerId, float] = {}  # misbehaved peer -> kept out until
+        self._seeds: list[Contact] = []  # the contacts we joined through, for puts
         self._next_op = self._next_request = 1
 
     # Server side --------------------------------------------------------------------------
@@ -222,7 +230,8 @@ class DhtNode:
         Returns:
             The operation id of the ``LookupFinished`` event for the self-lookup.
         """
-        return self._start("bootstrap", self._lookup(self._our_key, list(seeds)), now)
+        self._seeds = list(seeds)
+        return self._start("bootstrap", self._lookup(self._our_key, list(self._seeds)), now)
 
     def find_node(self, target: bytes, now: float) -> int:
         """Start a lookup of the k nodes closest to ``target``.
@@ -260,7 +269,13 @@ class DhtNode:
         if republish:
             slot = (record.key, record.subkey)
             self._published[slot] = (record, now + self.config.republish_interval)
-        return self._start("put", self._lookup(record.key), now, record=record)
+        return self._start("put", self._put_lookup(record.key), now, record=record)
+
+    def _put_lookup(self, key: bytes) -> Lookup:
+        # SPEC.md §12.8.3: the nodes we joined through are candidates of every put, behind
+        # the k closest of the table, so a table crowded with dead contacts cannot hide them.
+        closest = self.table.closest(int.from_bytes(key, "big"), self.config.routing.k)
+        return self._lookup(key, [*closest, *self._seeds])
 
     def _lookup(
         self, target: bytes, seeds: list[Contact] | None = None, *, value: bool = False
@@ -333,6 +348,7 @@ class DhtNode:
         if request_id in op.put_waiting:
             op.put_waiting.discard(request_id)
             op.stored += 1
+            op.acked += 1
             return self._maybe_put_finished(op_id, op)
         peer = pending.contact.peer_id
         return self._after_lookup(op_id, op, op.lookup.on_response(peer, body, now), now)
@@ -364,7 +380,9 @@ class DhtNode:
             return []
         if request_id in op.put_waiting:
             op.put_waiting.discard(request_id)
-            if code is not None:
+            if code is None:
+                op.unanswered.append(peer)
+            else:
                 op.rejected.append((peer, code))
             return self._maybe_put_finished(op_id, op)
         return self._after_lookup(op_id, op, op.lookup.on_failure(peer, now), now)
@@ -478,6 +496,8 @@ class DhtNode:
             del cache[next(iter(cache))]  # oldest first
         self.table.mark_refreshed(int.from_bytes(result.target, "big"), now)
         if op.kind == "put":
+            if len(result.closest) < self.config.routing.k and self._refill(op_id, op, now):
+                return []
             return self._start_puts(op_id, op, result, now)
         del self._ops[op_id]
         if op.kind == "get":
@@ -487,6 +507,19 @@ class DhtNode:
         if not op.notify:
             return []
         return [LookupFinished(op_id=op_id, result=result)]
+
+    def _refill(self, op_id: int, op: _Op, now: float) -> bool:
+        """Continue a put's lookup from every table contact it has not tried (SPEC.md
+        §12.8.3): its first candidates may all be dead while live nodes sit farther out.
+
+        Returns:
+            True when the lookup goes on (it had new candidates).
+        """
+        target = int.from_bytes(op.lookup.target, "big")
+        for command in op.lookup.add_seeds(self.table.closest(target, len(self.table)), now):
+            assert isinstance(command, SendRequest)  # new candidates only get requests
+            self._send(command, op_id)
+        return not op.lookup.done
 
     def _refresh_far_buckets(self, result: LookupResult, now: float) -> None:
         # Kademlia §2.3: after the self-lookup, refresh every bucket farther than the
@@ -512,6 +545,7 @@ class DhtNode:
         record = op.record
         assert record is not None
         op.putting = True
+        op.targets = len(result.closest)
         for node in result.closest:
             op.put_waiting.add(
                 self._send(
@@ -546,13 +580,21 @@ class DhtNode:
         if not op.notify:
             return []
         assert op.record is not None
+        # SPEC.md §12.8.3: a quorum of the nodes that answered the lookup must acknowledge;
+        # our own store does not count, or a publisher cut off from the swarm would think
+        # its record was out there.
+        quorum = max(1, min(self.config.put_quorum, op.targets))
         return [
             PutFinished(
                 op_id=op_id,
                 record=op.record,
                 stored=op.stored,
                 rejected=tuple(op.rejected),
-                ok=op.stored >= self.config.put_quorum,
+                ok=op.acked >= quorum,
+                targets=op.targets,
+                acked=op.acked,
+                quorum=quorum,
+                unanswered=tuple(op.unanswered),
             )
         ]
 
@@ -563,4 +605,4 @@ class DhtNode:
                 del self._published[slot]
             elif at <= now:
                 self._published[slot] = (record, now + self.config.republish_interval)
-                self._start("put", self._lookup(record.key), now, notify=False, record=record)
+                self._start("put", self._put_lookup(record.key), now, notify=False, record=record)

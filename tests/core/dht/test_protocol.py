@@ -377,7 +377,9 @@ def test_put_quorum_and_disjoint_lookups_are_configurable() -> None:
     op = net.nodes[4].put(dictionary(4), net.now)
     net.pump()
     done = net.finished(4, op)
-    assert isinstance(done, PutFinished) and not done.ok and done.stored >= 20
+    assert isinstance(done, PutFinished) and done.stored >= 20
+    # A quorum above the number of targets asks for all of them (SPEC.md §12.8.3).
+    assert done.targets == 20 and done.quorum == 20 and done.ok == (done.acked == 20)
 
 
 def test_get_quorum_stops_early() -> None:
@@ -420,6 +422,8 @@ def test_put_to_a_peer_that_fails_counts_nothing() -> None:
     [done] = node.on_failure(put.request_id, 2.0)
     assert isinstance(done, PutFinished) and done.op_id == op
     assert done.stored == 1 and done.rejected == ()  # ourselves only
+    assert (done.targets, done.acked, done.ok) == (1, 0, False)
+    assert done.unanswered == (peer(1),)
 
 
 def test_bootstrap_through_dead_seeds() -> None:
@@ -464,3 +468,58 @@ def test_get_corrects_peers_without_the_record() -> None:
     [correction] = node.requests_to_send()
     assert correction.peer == contact(2) and correction.message.record == record  # type: ignore[union-attr]
     assert node.on_response(correction.request_id, {}, 0.3) == []
+
+
+# Puts past dead contacts (SPEC.md §12.8.3) ----------------------------------------------
+
+
+def _crowd(node: DhtNode, key: bytes, behind: Contact, count: int) -> list[Contact]:
+    """Fill ``node``'s table with ``count`` contacts closer to ``key`` than ``behind`` (they
+    are in no network, so every request to them fails), and drop the old-node pings."""
+    target = int.from_bytes(key, "big")
+    limit = behind.node_id ^ target
+    dead = [c for c in map(contact, range(100, 2000)) if c.node_id ^ target < limit]
+    for c in dead[:count]:
+        node.table.observe(c, 0.0)
+    node.requests_to_send()
+    return dead[:count]
+
+
+def test_a_put_reaches_the_node_we_joined_through_behind_dead_contacts() -> None:
+    net = _mesh(2)
+    publisher = net.nodes[1]
+    far = contact(0).node_id ^ (1 << 255)  # node 0, our seed, is far from the key
+    record = dictionary(1, key=far.to_bytes(32, "big"))
+    _crowd(publisher, record.key, contact(0), 40)
+    closest = publisher.table.closest(int.from_bytes(record.key, "big"), 20)
+    assert peer(0) not in {c.peer_id for c in closest}
+    publisher.table.remove(peer(0))  # and the table lost it: only the seed list has it
+    op = publisher.put(record, net.now)
+    net.pump()
+    done = net.finished(1, op)
+    assert isinstance(done, PutFinished)
+    assert (done.targets, done.acked, done.quorum, done.ok) == (1, 1, 1, True)
+    assert net.nodes[0].store.get(record.key, NOW) == [record]
+
+
+def test_a_put_goes_on_through_the_rest_of_the_table() -> None:
+    net = Net({0: _node(0), 1: _node(1)})
+    publisher = net.nodes[0]
+    record = dictionary(0, key=(contact(1).node_id ^ (1 << 255)).to_bytes(32, "big"))
+    publisher.table.observe(contact(1), 0.0)  # not a seed: only the table knows it
+    dead = _crowd(publisher, record.key, contact(1), 25)
+    op = publisher.put(record, net.now)
+    net.pump()
+    done = net.finished(0, op)
+    assert isinstance(done, PutFinished) and done.ok
+    assert (done.targets, done.acked, done.quorum, done.stored) == (1, 1, 1, 2)
+    assert net.nodes[1].store.get(record.key, NOW) == [record]
+    assert len(dead) == 25 and peer(1) in publisher.table
+
+
+def test_our_own_store_is_no_acknowledgement() -> None:
+    node = _node(0)
+    op = node.put(dictionary(0), 0.0)
+    [done] = node.handle_timer(0.0)
+    assert isinstance(done, PutFinished) and done.op_id == op
+    assert (done.stored, done.targets, done.acked, done.quorum, done.ok) == (1, 0, 0, 1, False)
