@@ -2,6 +2,10 @@
 
 Each subcommand lives in ``petalproto._commands`` and is imported only when used, so
 ``petal dht`` never pays for torch.
+
+A mistake on the command line ends in one line on stderr, ``petal CMD: error: WHAT (HOW
+TO FIX)``, never in a traceback (see ``_commands/_common.py``); ``-v`` adds the traceback of
+an unexpected failure.
 """
 
 from __future__ import annotations
@@ -11,7 +15,11 @@ import importlib
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Sequence
+from typing import NoReturn
+
+from ._commands._common import CommandError, root_cause
 
 __all__ = ["main"]
 
@@ -23,13 +31,35 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("generate", "generate text with a running swarm"),
     "chat": ("chat", "chat interactively with a running swarm"),
     "status": ("status", "show what a swarm's DHT knows"),
+    "ping": ("ping", "call 'ping' on a peer and print each round trip (JSON)"),
     "keygen": ("keygen", "create an identity key file"),
     "bench": ("bench", "measure transport, DHT and swarm performance (JSON)"),
 }
 
+EPILOG = """\
+exit status: 0 success; 1 the command failed while running (a port in use, an initial
+peer that does not answer or is another peer than its address says, a swarm error);
+2 the command line is wrong (a bad argument value, a missing model directory, an
+unreadable key file, a malformed address); 130 interrupted.  Every error is one line on
+stderr: 'petal CMD: error: WHAT (HOW TO FIX)'.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors on one line (the usage itself is in ``--help``)."""
+
+    def error(self, message: str) -> NoReturn:
+        hint = "" if message.endswith(")") else f" (see '{self.prog} --help')"
+        self.exit(2, f"{self.prog}: error: {message}{hint}\n")
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="petal", description="Peer-to-peer LLM inference.")
+    parser = _Parser(
+        prog="petal",
+        description="Peer-to-peer LLM inference.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in _COMMANDS.items():
@@ -74,8 +104,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     assert mod is not None
     try:
         return int(mod.run(args) or 0)  # type: ignore[attr-defined]
-    except KeyboardInterrupt:
+    except BaseException as exc:
+        return _report(f"petal {args.command}", exc, verbose=args.verbose > 0)
+
+
+def _report(prog: str, exc: BaseException, *, verbose: bool) -> int:
+    """Print a failure as one line and return the exit status.
+
+    Raises:
+        BaseException: ``exc`` again when it is a plain ``SystemExit`` (``sys.exit``).
+    """
+    cause = root_cause(exc)
+    if isinstance(cause, CommandError):
+        print(f"{prog}: error: {cause.message}", file=sys.stderr)
+        return cause.exit_code
+    if isinstance(cause, KeyboardInterrupt):
         return 130
+    if isinstance(cause, SystemExit):
+        raise cause
+    # A bug or a failure nobody foresaw: still one line, the traceback only on request.
+    if verbose:
+        traceback.print_exception(exc)
+    text = f"{type(cause).__name__}: {cause}" if str(cause) else type(cause).__name__
+    hint = "" if verbose else "; rerun with -v for the traceback"
+    print(f"{prog}: error: {text} (unexpected{hint})", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

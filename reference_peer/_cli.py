@@ -12,7 +12,8 @@ from typing import Any
 
 import torch
 
-from petalproto._commands._common import parse_peers
+from petalproto._commands._common import CommandFailed, UsageError, parse_peers
+from petalproto.core import Address
 
 from ._convert import prepare_default_model
 from ._local_swarm import LocalSwarm
@@ -27,7 +28,41 @@ def _model_path(args: argparse.Namespace) -> Path:
 def _open(path: Path, peers: list[Any], name: str | None) -> Any:
     from . import DistributedModelForCausalLM
 
-    return DistributedModelForCausalLM.from_pretrained(path, initial_peers=peers, model_name=name)
+    try:
+        return DistributedModelForCausalLM.from_pretrained(
+            path, initial_peers=peers, model_name=name
+        )
+    except ConnectionError as exc:
+        raise CommandFailed(f"{exc} (is the swarm running? check --initial-peers)") from None
+
+
+def _tokenizer(path: Path) -> Any:
+    """The checkpoint's tokenizer.
+
+    Raises:
+        UsageError: the directory has none that transformers can load.
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(
+            f"argument --model: cannot load a tokenizer from {path}: {why} "
+            "(the client needs the checkpoint's tokenizer files)"
+        ) from None
+
+
+def _client_setup(args: argparse.Namespace) -> tuple[Path, Any, list[Address]]:
+    """What the client runs locally, and its initial peers.
+
+    Raises:
+        UsageError: the model directory lacks a tokenizer.
+    """
+    peers = parse_peers(args.initial_peers)
+    path = _model_path(args)
+    return path, _tokenizer(path), peers
 
 
 def _sampling(args: argparse.Namespace) -> dict[str, Any]:
@@ -92,11 +127,8 @@ def chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> torch.Tensor:
 
 
 def generate_main(args: argparse.Namespace) -> int:
-    from transformers import AutoTokenizer
-
-    path = _model_path(args)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = _open(path, parse_peers(args.initial_peers), args.model_name)
+    path, tokenizer, peers = _client_setup(args)
+    model = _open(path, peers, args.model_name)
     try:
         if args.raw:
             ids = tokenizer(args.prompt, return_tensors="pt")["input_ids"]
@@ -111,11 +143,8 @@ def generate_main(args: argparse.Namespace) -> int:
 
 
 def chat_main(args: argparse.Namespace) -> int:
-    from transformers import AutoTokenizer
-
-    path = _model_path(args)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = _open(path, parse_peers(args.initial_peers), args.model_name)
+    path, tokenizer, peers = _client_setup(args)
+    model = _open(path, peers, args.model_name)
     messages = [{"role": "system", "content": args.system}] if args.system else []
     try:
         while True:

@@ -8,6 +8,8 @@ import importlib
 import json
 from typing import Any
 
+from ._common import positive_int
+
 # kind -> (module, help)
 _KINDS = {
     "transport": ("petalproto._bench_transport", "handshake time and encrypted throughput"),
@@ -19,11 +21,15 @@ _KINDS = {
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("kind", choices=sorted(_KINDS), help="what to measure")
     parser.add_argument("--json", action="store_true", help="print only the JSON figures")
-    parser.add_argument("--nodes", type=int, default=10_000, help="dht: simulated nodes")
-    parser.add_argument("--lookups", type=int, default=None, help="dht: lookups per scenario")
+    parser.add_argument("--nodes", type=positive_int(), default=10_000, help="dht: simulated nodes")
+    parser.add_argument(
+        "--lookups", type=positive_int(), default=None, help="dht: lookups per scenario"
+    )
     parser.add_argument("--seed", type=int, default=0, help="dht: simulation seed")
-    parser.add_argument("--peers", type=int, default=3, help="swarm: peer processes")
-    parser.add_argument("--tokens", type=int, default=None, help="swarm: tokens to generate")
+    parser.add_argument("--peers", type=positive_int(), default=3, help="swarm: peer processes")
+    parser.add_argument(
+        "--tokens", type=positive_int(), default=None, help="swarm: tokens to generate"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

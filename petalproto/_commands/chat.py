@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .generate import add_client_arguments
+from .generate import add_client_arguments, check_swarm
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,6 +13,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Before torch loads: fail within seconds when the swarm is not there.
+    check_swarm(args)
     from reference_peer._cli import chat_main
 
     return chat_main(args)

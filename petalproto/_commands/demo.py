@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from ._common import positive_int
+
 DEFAULT_PROMPT = "What are the three primary colors? Answer in one sentence."
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="the question to ask")
-    parser.add_argument("--peers", type=int, default=3, help="peer processes to start")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--peers", type=positive_int(), default=3, help="peer processes to start")
+    parser.add_argument("--max-new-tokens", type=positive_int(), default=64, metavar="N")
 
 
 def run(args: argparse.Namespace) -> int:
