@@ -27,6 +27,9 @@ from ._common import (
     write_atomic,
 )
 
+#: The one-line help of ``petal dht``.
+HELP = "run a DHT node"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_node_arguments(parser)

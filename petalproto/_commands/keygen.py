@@ -10,6 +10,9 @@ from petalproto.core import Identity
 
 from ._common import UsageError, new_file, write_atomic
 
+#: The one-line help of ``petal keygen``.
+HELP = "create an identity key file"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(

@@ -30,6 +30,9 @@ from petalproto.net import PeerConnection, RpcError, call, open_connection
 
 from ._common import CommandFailed, UsageError, bounded_float, os_reason, positive_int
 
+#: The one-line help of ``petal ping``.
+HELP = "call 'ping' on a peer and print each round trip (JSON)"
+
 __all__ = ["add_arguments", "ping_all", "run"]
 
 PROG = "petal ping"

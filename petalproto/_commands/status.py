@@ -27,6 +27,9 @@ from petalproto.net._dht import DhtService
 
 from ._common import UsageError, address_list, bounded_float, parse_peers
 
+#: The one-line help of ``petal status``.
+HELP = "show what a swarm's DHT knows"
+
 #: The key prefix of span announcements (SPEC.md §13.7).
 SPANS_PREFIX = b"petalproto/spans/v1:"
 #: Liveness pings in flight at once, and how long each may take.

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import positive_int
+from petalproto._commands._common import positive_int
+
+from . import prepare_torch
+
+#: The one-line help of ``petal demo``.
+HELP = "prepare the default model, start a local swarm and chat with it"
 
 DEFAULT_PROMPT = "What are the three primary colors? Answer in one sentence."
 
@@ -16,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reference_peer._cli import demo_main
+    prepare_torch()
+    from .._cli import demo_main
 
     return demo_main(args)

@@ -6,7 +6,7 @@ import argparse
 
 import trio
 
-from ._common import (
+from petalproto._commands._common import (
     address_list,
     bounded_float,
     check_initial_peers,
@@ -14,6 +14,11 @@ from ._common import (
     parse_peers,
     positive_int,
 )
+
+from . import prepare_torch
+
+#: The one-line help of ``petal generate``.
+HELP = "generate text with a running swarm"
 
 
 def add_client_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,8 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    prepare_torch()
     # Before torch loads: fail within seconds when the swarm is not there.
     check_swarm(args)
-    from reference_peer._cli import generate_main
+    from .._cli import generate_main
 
     return generate_main(args)

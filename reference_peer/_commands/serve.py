@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import re
 
-from ._common import add_node_arguments, model_dir, positive_int
+from petalproto._commands._common import add_node_arguments, model_dir, positive_int
+
+from . import prepare_torch
+
+#: The one-line help of ``petal serve``.
+HELP = "serve a span of a model's blocks to the swarm"
 
 #: What ``--device`` accepts (torch's device strings this peer can run on).
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
@@ -77,6 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reference_peer._serve import serve_main
+    prepare_torch()
+    from .._serve import serve_main
 
     return serve_main(args)
