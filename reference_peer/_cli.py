@@ -12,7 +12,9 @@ from typing import Any
 
 import torch
 
-from petalproto._commands._common import parse_peers
+from petalproto._commands._common import CommandFailed, UsageError, parse_peers
+from petalproto.core import Address
+from petalproto.net import RpcError
 
 from ._convert import prepare_default_model
 from ._local_swarm import LocalSwarm
@@ -21,13 +23,64 @@ __all__ = ["chat_ids", "chat_main", "demo_main", "generate_main"]
 
 
 def _model_path(args: argparse.Namespace) -> Path:
-    return Path(args.model) if getattr(args, "model", None) else prepare_default_model()
+    return Path(args.model) if getattr(args, "model", None) else default_model()
+
+
+def default_model() -> Path:
+    """The default model's checkpoint, converted on first use.
+
+    Raises:
+        CommandFailed: the default model's package is not installed.
+    """
+    try:
+        return prepare_default_model()
+    except FileNotFoundError as exc:
+        raise CommandFailed(f"no default model: {exc} (or give --model PATH)") from None
 
 
 def _open(path: Path, peers: list[Any], name: str | None) -> Any:
     from . import DistributedModelForCausalLM
 
-    return DistributedModelForCausalLM.from_pretrained(path, initial_peers=peers, model_name=name)
+    try:
+        return DistributedModelForCausalLM.from_pretrained(
+            path, initial_peers=peers, model_name=name
+        )
+    except ConnectionError as exc:
+        raise CommandFailed(f"{exc} (is the swarm running? check --initial-peers)") from None
+
+
+def _tokenizer(path: Path) -> Any:
+    """The checkpoint's tokenizer.
+
+    Raises:
+        UsageError: the directory has none that transformers can load.
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(
+            f"argument --model: cannot load a tokenizer from {path}: {why} "
+            "(the client needs the checkpoint's tokenizer files)"
+        ) from None
+
+
+def _client_setup(args: argparse.Namespace) -> tuple[Path, Any, list[Address]]:
+    """What the client runs locally, and its initial peers.
+
+    Raises:
+        UsageError: the model directory lacks a tokenizer, or a chat template where one
+            is needed.
+    """
+    peers = parse_peers(args.initial_peers)
+    path = _model_path(args)
+    tokenizer = _tokenizer(path)
+    if not getattr(args, "raw", False) and getattr(tokenizer, "chat_template", None) is None:
+        fix = "add --raw to complete plain text" if hasattr(args, "raw") else "give a chat model"
+        raise UsageError(f"argument --model: the tokenizer in {path} has no chat template ({fix})")
+    return path, tokenizer, peers
 
 
 def _sampling(args: argparse.Namespace) -> dict[str, Any]:
@@ -83,6 +136,36 @@ def stream_reply(
     return "".join(pieces), stamps
 
 
+def _swarm_failed(exc: BaseException) -> CommandFailed | None:
+    """A swarm failure (no chain, a peer's error) as one line, or None for anything else."""
+    from ._errors import PeerError
+    from ._remote import NoChain
+
+    if isinstance(exc, NoChain):
+        return CommandFailed(f"{exc} (start 'petal serve' for those blocks, or check --model-name)")
+    if isinstance(exc, PeerError | RpcError):
+        return CommandFailed(f"the swarm failed: {exc} (try again; -v logs the peers' errors)")
+    return None
+
+
+def _reply(model: Any, tokenizer: Any, ids: torch.Tensor, args: argparse.Namespace) -> str:
+    """``stream_reply`` for generate and chat, with a swarm failure as one line.
+
+    Raises:
+        CommandFailed: no chain of peers serves the model, or the peers failed.
+    """
+    try:
+        reply, _ = stream_reply(
+            model, tokenizer, ids, max_new_tokens=args.max_new_tokens, sampling=_sampling(args)
+        )
+    except Exception as exc:
+        failed = _swarm_failed(exc)
+        if failed is None:
+            raise
+        raise failed from None
+    return reply
+
+
 def chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> torch.Tensor:
     """The prompt's token ids, through the model's chat template."""
     ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
@@ -92,30 +175,22 @@ def chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> torch.Tensor:
 
 
 def generate_main(args: argparse.Namespace) -> int:
-    from transformers import AutoTokenizer
-
-    path = _model_path(args)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = _open(path, parse_peers(args.initial_peers), args.model_name)
+    path, tokenizer, peers = _client_setup(args)
+    model = _open(path, peers, args.model_name)
     try:
         if args.raw:
             ids = tokenizer(args.prompt, return_tensors="pt")["input_ids"]
         else:
             ids = chat_ids(tokenizer, [{"role": "user", "content": args.prompt}])
-        stream_reply(
-            model, tokenizer, ids, max_new_tokens=args.max_new_tokens, sampling=_sampling(args)
-        )
+        _reply(model, tokenizer, ids, args)
     finally:
         model.close()
     return 0
 
 
 def chat_main(args: argparse.Namespace) -> int:
-    from transformers import AutoTokenizer
-
-    path = _model_path(args)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = _open(path, parse_peers(args.initial_peers), args.model_name)
+    path, tokenizer, peers = _client_setup(args)
+    model = _open(path, peers, args.model_name)
     messages = [{"role": "system", "content": args.system}] if args.system else []
     try:
         while True:
@@ -129,13 +204,7 @@ def chat_main(args: argparse.Namespace) -> int:
                 continue
             messages.append({"role": "user", "content": line})
             print("model> ", end="", flush=True)
-            reply, _ = stream_reply(
-                model,
-                tokenizer,
-                chat_ids(tokenizer, messages),
-                max_new_tokens=args.max_new_tokens,
-                sampling=_sampling(args),
-            )
+            reply = _reply(model, tokenizer, chat_ids(tokenizer, messages), args)
             messages.append({"role": "assistant", "content": reply})
     finally:
         model.close()
@@ -146,7 +215,7 @@ def demo_main(args: argparse.Namespace) -> int:
     from transformers import AutoTokenizer
 
     print("preparing the default model (SmolLM2-135M-Instruct) ...", flush=True)
-    path = prepare_default_model()
+    path = default_model()
     tokenizer = AutoTokenizer.from_pretrained(path)
     print(f"starting a DHT node and {args.peers} peers on 127.0.0.1 ...", flush=True)
     with LocalSwarm(path, peers=args.peers) as swarm:

@@ -13,9 +13,14 @@ from typing import Any
 import trio
 
 from petalproto._commands._common import (
+    CommandFailed,
+    UsageError,
+    check_initial_peers,
     load_identity,
     parse_peers,
     print_first_line,
+    start_node,
+    watch_initial_peers,
     write_atomic,
 )
 from petalproto.net import Node
@@ -56,22 +61,78 @@ def load_span(args: argparse.Namespace, start: int, end: int) -> Any:
     return span
 
 
-def serve_main(args: argparse.Namespace) -> int:
-    from ._arch import load_config, num_layers
+def _load_span_or_fail(args: argparse.Namespace, start: int, end: int) -> Any:
+    """``load_span``, with what the user can fix (device, dtype, quantization) as one line.
 
+    Raises:
+        CommandFailed: the span cannot be loaded as asked.
+    """
+    try:
+        return load_span(args, start, end)
+    except (RuntimeError, ValueError, ImportError, OSError) as exc:
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CommandFailed(
+            f"cannot load blocks {start}:{end} of {args.model} on --device {args.device} "
+            f"(--dtype {args.dtype}, --quantize {args.quantize}): {type(exc).__name__}: {why} "
+            "(check --device, --dtype and --quantize)"
+        ) from None
+
+
+def serve_main(args: argparse.Namespace) -> int:
+    """``petal serve``: check what the arguments name, then serve until signalled.
+
+    Raises:
+        UsageError: the model cannot be read, or the blocks are not in it.
+        CommandFailed: we cannot listen, or a span fails to load.
+    """
     model_name = args.model_name or Path(args.model).resolve().name
-    total = num_layers(load_config(args.model))
+    total = _num_blocks(args.model)
     if args.blocks and args.blocks[1] > total:
-        print(
-            f"the model has {total} blocks; cannot serve {args.blocks[0]}:{args.blocks[1]}",
-            file=sys.stderr,
+        raise UsageError(
+            f"argument --blocks: the model has {total} blocks; cannot serve "
+            f"{args.blocks[0]}:{args.blocks[1]} (give START:END with END <= {total})"
         )
-        return 2
-    if args.num_blocks is not None and not 0 < args.num_blocks <= total:
-        print(f"--num-blocks must be in 1..{total}", file=sys.stderr)
-        return 2
+    if args.num_blocks is not None and args.num_blocks > total:
+        raise UsageError(
+            f"argument --num-blocks: the model has {total} blocks; cannot serve "
+            f"{args.num_blocks} (give 1..{total})"
+        )
+    _check_device(args.device)
+    load_identity(args.identity)  # a bad key file is a usage error before anything runs
     trio.run(_serve, args, model_name, total)
     return 0
+
+
+def _check_device(device: str) -> None:
+    import torch
+
+    kind = device.partition(":")[0]
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise UsageError(
+            f"argument --device: {device}: CUDA is not available here (use --device cpu or auto)"
+        )
+    if kind == "cuda" and ":" in device and int(device[5:]) >= torch.cuda.device_count():
+        raise UsageError(
+            f"argument --device: {device}: there are {torch.cuda.device_count()} CUDA devices "
+            "(give cuda:0 up to the last one)"
+        )
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise UsageError(
+            f"argument --device: {device}: MPS is not available here (use --device cpu or auto)"
+        )
+
+
+def _num_blocks(model: str) -> int:
+    from ._arch import load_config, num_layers
+
+    try:
+        return num_layers(load_config(model))
+    except (OSError, ValueError, KeyError, AttributeError) as exc:
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise UsageError(
+            f"argument --model: cannot read the checkpoint config in {model}: {why} "
+            "(give a Hugging Face checkpoint directory of a supported model)"
+        ) from None
 
 
 async def _serve(args: argparse.Namespace, model_name: str, total: int) -> None:
@@ -92,9 +153,14 @@ async def _serve(args: argparse.Namespace, model_name: str, total: int) -> None:
     identity = load_identity(args.identity)
     host, port = args.listen
     node = Node(identity, host=host, port=port, announce_host=args.announce_host)
+    initial = parse_peers(args.initial_peers)
     async with trio.open_nursery() as nursery:
-        await nursery.start(node.run)
-        dht = DhtService.for_node(node, initial_peers=parse_peers(args.initial_peers))
+        await start_node(nursery, node, args.listen)
+        # The join retries forever: say at once which initial peer is down or someone else.
+        others = [a for a in initial if a.peer_id != identity.peer_id]
+        await check_initial_peers(others, strict=False)
+        dht = DhtService.for_node(node, initial_peers=initial)
+        nursery.start_soon(watch_initial_peers, dht, others)
         await nursery.start(dht.run)
         if args.blocks:
             start, end = args.blocks
@@ -103,7 +169,7 @@ async def _serve(args: argparse.Namespace, model_name: str, total: int) -> None:
             start, end = choose_blocks(known, total, args.num_blocks)
         started = time.perf_counter()
         with _progress(not args.no_progress, 2) as bar:
-            span = await run_in_own_thread(load_span, args, start, end)
+            span = await run_in_own_thread(_load_span_or_fail, args, start, end)
             bar.update(1)
             # On the loop's thread, where the steps will run too (see _server).
             throughput = measure_throughput(span)

@@ -78,3 +78,52 @@ def test_the_check_catches_every_spelling(source: str) -> None:
 )
 def test_the_check_allows_the_rest(source: str) -> None:
     assert forbidden_imports(source) == []
+
+
+# Imports point down only (STYLE.md §1): petalproto never names the packages above it. -----
+
+PETALPROTO = CORE.parent
+#: The packages that use petalproto, which petalproto must not name.
+ABOVE = ("reference_peer", "conformance")
+
+
+def names_above(source: str) -> list[str]:
+    """Imports of, and string constants naming, a package above petalproto (a module path
+    handed to ``import_module`` through a variable is a string too)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+            names = [node.value]
+        found += [name for name in names if name.partition(".")[0] in ABOVE]
+    return found
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(PETALPROTO.rglob("*.py")),
+    ids=lambda p: p.relative_to(PETALPROTO).as_posix(),
+)
+def test_petalproto_never_names_a_package_above_it(path: Path) -> None:
+    assert names_above(path.read_text(encoding="utf-8")) == []
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "import reference_peer",
+        "from reference_peer._cli import chat_main",
+        "def f():\n    from conformance import runner",
+        "MODULE = 'reference_peer._bench_swarm'",
+    ],
+)
+def test_the_upward_check_catches_every_spelling(source: str) -> None:
+    assert names_above(source)
+
+
+def test_the_upward_check_allows_the_rest() -> None:
+    assert names_above("from . import cli\nimport petalproto.net\nX = 'reference peer'") == []

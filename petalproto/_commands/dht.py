@@ -18,11 +18,17 @@ from petalproto.net._dht import DhtService
 
 from ._common import (
     add_node_arguments,
+    check_initial_peers,
     load_identity,
     parse_peers,
     print_first_line,
+    start_node,
+    watch_initial_peers,
     write_atomic,
 )
+
+#: The one-line help of ``petal dht``.
+HELP = "run a DHT node"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,8 +41,12 @@ async def serve_node(args: argparse.Namespace) -> None:
     initial = parse_peers(args.initial_peers)
     node = Node(identity, host=host, port=port, announce_host=args.announce_host)
     async with trio.open_nursery() as nursery:
-        await nursery.start(node.run)
+        await start_node(nursery, node, args.listen)
+        # Name an initial peer that is down or is someone else: the join below only retries.
+        others = [a for a in initial if a.peer_id != identity.peer_id]
+        await check_initial_peers(others, strict=False)
         dht = DhtService.for_node(node, initial_peers=initial)
+        nursery.start_soon(watch_initial_peers, dht, others)
         await nursery.start(dht.run)
         print_first_line(str(node.address))
         if args.address_file:

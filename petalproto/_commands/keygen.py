@@ -4,25 +4,33 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from pathlib import Path
 
 from petalproto.core import Identity
 
-from ._common import write_atomic
+from ._common import UsageError, new_file, write_atomic
+
+#: The one-line help of ``petal keygen``.
+HELP = "create an identity key file"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", help="where to write the key (PKCS#8 PEM, mode 0600)")
+    parser.add_argument(
+        "file", type=new_file, help="where to write the key (PKCS#8 PEM, mode 0600)"
+    )
     parser.add_argument("--force", action="store_true", help="overwrite an existing file")
 
 
 def run(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if path.exists() and not args.force:
-        print(f"{path} exists; use --force to overwrite", file=sys.stderr)
-        return 1
+        raise UsageError(f"argument file: {path} exists (use --force to overwrite it)")
+    if path.is_dir():
+        raise UsageError(f"argument file: {path} is a directory (give a file name)")
     identity = Identity.from_seed(os.urandom(32))
-    write_atomic(path, identity.to_pem(), mode=0o600)
+    try:
+        write_atomic(path, identity.to_pem(), mode=0o600)
+    except OSError as exc:
+        raise UsageError(f"argument file: cannot write {path}: {exc.strerror}") from None
     print(identity.peer_id)
     return 0

@@ -25,7 +25,10 @@ from petalproto.core.dht import Contact, Record
 from petalproto.net import ConnectionPool
 from petalproto.net._dht import DhtService
 
-from ._common import parse_peers
+from ._common import UsageError, address_list, bounded_float, parse_peers
+
+#: The one-line help of ``petal status``.
+HELP = "show what a swarm's DHT knows"
 
 #: The key prefix of span announcements (SPEC.md §13.7).
 SPANS_PREFIX = b"petalproto/spans/v1:"
@@ -38,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--initial-peers",
         nargs="+",
         required=True,
+        type=address_list,
         metavar="ADDRESS",
         help="DHT nodes to join through (PEERID@HOST:PORT)",
     )
@@ -47,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     which.add_argument("--model", metavar="NAME", help="show the servers announcing NAME")
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=bounded_float(0.0, low_open=True),
         default=20.0,
         metavar="SECONDS",
         help="give up after this long (default 20)",
@@ -61,12 +65,20 @@ def spans_key(model: str) -> bytes:
 
 
 def _parse_key(text: str) -> bytes:
+    """``--key``'s value (checked in ``run``, after the arguments parsed).
+
+    Raises:
+        UsageError: not 64 hex digits.
+    """
     try:
         key = bytes.fromhex(text)
     except ValueError:
         key = b""
     if len(key) != 32:
-        raise SystemExit(f"--key wants 64 hex digits, got {text!r}")
+        raise UsageError(
+            f"argument --key: --key wants 64 hex digits, got {text!r} "
+            "(give a 32-byte key in hex, or --model NAME)"
+        )
     return key
 
 
@@ -348,7 +360,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         report = trio.run(main)
     except trio.TooSlowError:
-        print(f"petal status: no answer within {args.timeout:g} s", file=sys.stderr)
+        print(
+            f"petal status: error: no answer within {args.timeout:g} s (is the swarm "
+            "running at --initial-peers? or raise --timeout)",
+            file=sys.stderr,
+        )
         return 1
     print(json.dumps(report, indent=2, sort_keys=True) if args.json else render(report))
     return 0

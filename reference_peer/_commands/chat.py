@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from .generate import add_client_arguments
+from . import prepare_torch
+from .generate import add_client_arguments, check_swarm
+
+#: The one-line help of ``petal chat``.
+HELP = "chat interactively with a running swarm"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,6 +17,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from reference_peer._cli import chat_main
+    prepare_torch()
+    # Before torch loads: fail within seconds when the swarm is not there.
+    check_swarm(args)
+    from .._cli import chat_main
 
     return chat_main(args)

@@ -1,0 +1,30 @@
+"""``petal bench swarm``: the default model through local peers, against local transformers."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from petalproto._commands._common import positive_int
+
+from . import prepare_torch
+
+#: The one-line help of this kind.
+HELP = "the default model through local peers"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--peers", type=positive_int(), default=3, help="swarm: peer processes")
+    parser.add_argument(
+        "--tokens", type=positive_int(), default=None, help="swarm: tokens to generate"
+    )
+
+
+def bench(args: argparse.Namespace) -> dict[str, Any]:
+    prepare_torch()
+    from .._bench_swarm import run
+
+    kwargs: dict[str, Any] = {"peers": args.peers}
+    if args.tokens:
+        kwargs["tokens"] = args.tokens
+    return run(**kwargs)
