@@ -128,7 +128,9 @@ async def keep_announced(
 
 async def _announce(dht: Any, record: Record, interval: float) -> None:
     try:
-        result = await dht.publish(record, backoff=min(1.0, interval / 8))
+        # Alone, nobody can acknowledge: one try, so a lone server starts at once.
+        attempts = 1 if not dht.initial_peers and not len(dht.node.table) else 3
+        result = await dht.publish(record, attempts=attempts, backoff=min(1.0, interval / 8))
     except Exception as exc:
         log.warning("could not announce ourselves: %r", exc)
         return
