@@ -22,7 +22,6 @@ import os
 import shlex
 import subprocess
 import tempfile
-import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -43,8 +42,7 @@ from ._harness import (
     Outcome,
     Registry,
     Result,
-    Verdict,
-    _guarded,
+    run_cases,
 )
 from ._wire import Session, Wire, WireLog, WireTimeout
 
@@ -340,43 +338,17 @@ def peer_id_text(raw: bytes) -> str:
     return base64.b32encode(raw).decode().rstrip("=").lower()
 
 
-async def run_client_case(the_case: Case, options: ClientOptions) -> Result:
-    """Run one client case; never raises for the client's behaviour."""
-    log = WireLog(time.monotonic())
-    ctx = ClientCaseContext(the_case, options, log)
-    start = time.perf_counter()
-    outcome = None
-    try:
-        with ctx.scope:
-            outcome = await _guarded(the_case, ctx)
-        if outcome is None:
-            outcome = ctx.violated(f"no outcome within {ctx.timeout:g} s: {ctx.client_says()}")
-    finally:
-        with trio.CancelScope(shield=True):
-            await ctx.aclose()
-    duration = (time.perf_counter() - start) * 1000
-    return Result(the_case, outcome.verdict, outcome.observed, duration, log.to_json())
-
-
 async def run_client_cases(
     cases: Iterable[Case],
     options: ClientOptions,
     *,
     deadline: float | None = None,
-    on_result: Any = None,
+    on_result: Callable[[Result], None] | None = None,
 ) -> list[Result]:
     """Run client ``cases`` one after the other (as ``run_cases`` does for a target)."""
-    end = None if deadline is None else trio.current_time() + deadline
-    results: list[Result] = []
-    for the_case in cases:
-        if end is not None and trio.current_time() >= end:
-            result = Result(the_case, Verdict.ERROR, "global deadline passed; not run", 0.0)
-        else:
-            result = await run_client_case(the_case, options)
-        results.append(result)
-        if on_result is not None:
-            on_result(result)
-    return results
+    return await run_cases(
+        cases, options, deadline=deadline, on_result=on_result, context=ClientCaseContext
+    )
 
 
 async def closes_without_msg3(ctx: ClientCaseContext, session: ResponderSession) -> Outcome:

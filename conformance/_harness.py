@@ -317,10 +317,18 @@ class Result:
         }
 
 
-async def run_case(the_case: Case, options: Options) -> Result:
-    """Run one case on fresh connections; never raises for the target's behaviour."""
+async def run_case(
+    the_case: Case, options: Any, *, context: Callable[..., CaseContext] | None = None
+) -> Result:
+    """Run one case on fresh connections; never raises for the target's behaviour.
+
+    Args:
+        options: the run's ``Options`` (or what ``context`` takes instead).
+        context: makes the case's context from (case, options, wirelog); the client
+            role passes its own.
+    """
     log = WireLog(time.monotonic())
-    ctx = CaseContext(the_case, options, log)
+    ctx = (context or CaseContext)(the_case, options, log)
     start = time.perf_counter()
     outcome: Outcome | None = None
     try:
@@ -351,18 +359,20 @@ async def _guarded(the_case: Case, ctx: CaseContext) -> Outcome:
 
 async def run_cases(
     cases: Iterable[Case],
-    options: Options,
+    options: Any,
     *,
     deadline: float | None = None,
     on_result: Callable[[Result], None] | None = None,
+    context: Callable[..., CaseContext] | None = None,
 ) -> list[Result]:
     """Run ``cases`` one after the other.
 
     Args:
         cases: what to run, in order.
-        options: the target and timeouts.
+        options: the target and timeouts (``Options``, or what ``context`` takes).
         deadline: seconds for the whole run; cases not started by then get ERROR.
         on_result: called with each result as soon as it is known.
+        context: as for ``run_case``.
 
     Returns:
         One result per case, in order.
@@ -373,7 +383,7 @@ async def run_cases(
         if end is not None and trio.current_time() >= end:
             result = Result(the_case, Verdict.ERROR, "global deadline passed; not run", 0.0)
         else:
-            result = await run_case(the_case, options)
+            result = await run_case(the_case, options, context=context)
         results.append(result)
         if on_result is not None:
             on_result(result)

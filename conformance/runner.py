@@ -87,26 +87,37 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--list", action="store_true", help="list the cases and exit")
     parser.add_argument(
         "--timeout",
-        type=float,
+        type=_seconds,
         default=2.0,
         metavar="SECONDS",
         help="how long each case waits for its outcome (default 2)",
     )
     parser.add_argument(
         "--deadline",
-        type=float,
+        type=_seconds,
         default=600.0,
         metavar="SECONDS",
         help="for the whole run; later cases get ERROR (default 600)",
     )
     parser.add_argument(
         "--handshake-timeout",
-        type=float,
+        type=_seconds,
         default=5.0,
         metavar="SECONDS",
         help="the responder handshake timeout of SPEC.md §6.7 (default 5)",
     )
     return parser
+
+
+def _seconds(text: str) -> float:
+    """A positive number of seconds, for argparse."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} must be more than 0 seconds")
+    return value
 
 
 def parse_target(text: str, **kwargs: Any) -> Options:
@@ -247,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
         _list(cases, out)
         return 0
     options = _options(args)
+    if args.report and not Path(args.report).resolve().parent.is_dir():
+        options = f"--report {args.report}: its directory does not exist"
     if isinstance(options, str):
         print(f"petal-conformance: {options}", file=sys.stderr)
         return EXIT_ERROR
@@ -259,7 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     elapsed = (time.perf_counter() - t0) * 1000
     if args.report:
         doc = report(results, options, strict=args.strict, started=started, duration_ms=elapsed)
-        Path(args.report).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        try:
+            Path(args.report).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+        except OSError as exc:
+            print(f"petal-conformance: cannot write --report: {exc}", file=sys.stderr)
+            return EXIT_ERROR
     passed, failed = count(results, strict=args.strict)
     print(f"{passed} passed, {failed} failed", file=out, flush=True)
     return exit_status(results, strict=args.strict)

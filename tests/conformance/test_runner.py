@@ -74,7 +74,20 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert main([]) == 2
     assert main(["--target", "nonsense"]) == 2
     assert main(["--target", "127.0.0.1:1", "--cases", "99.9/9"]) == 2
-    assert "petal-conformance" in capsys.readouterr().err
+    assert main(["--target", "127.0.0.1:1", "--report", "/nonexistent/dir/r.json"]) == 2
+    assert main(["--role", "client"]) == 2
+    assert main(["--role", "client", "--dial-command", "petal ping"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("petal-conformance") == 6  # one line each
+    assert "its directory does not exist" in err and "{address}" in err
+
+
+@pytest.mark.parametrize("value", ["-1", "0", "soon"])
+def test_timeouts_must_be_positive_numbers(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--target", "127.0.0.1:1", "--timeout", value])
+    assert exc.value.code == 2
+    assert "--timeout" in capsys.readouterr().err
 
 
 async def test_report_and_strict(tmp_path: Path) -> None:
