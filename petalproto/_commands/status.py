@@ -25,7 +25,7 @@ from petalproto.core.dht import Contact, Record
 from petalproto.net import ConnectionPool
 from petalproto.net._dht import DhtService
 
-from ._common import UsageError, address_list, bounded_float, parse_peers
+from ._common import UsageError, address_list, bounded_float, check_initial_peers, parse_peers
 
 #: The one-line help of ``petal status``.
 HELP = "show what a swarm's DHT knows"
@@ -355,6 +355,9 @@ def run(args: argparse.Namespace) -> int:
 
     async def main() -> dict[str, Any]:
         with trio.fail_after(args.timeout):
+            # A swarm that is down, or an address with another peer's id, is one line at
+            # once rather than the DHT's retries until the timeout.
+            await check_initial_peers(initial, strict=True, timeout=args.timeout)
             return await collect(initial, key=key, model=args.model, ping=not args.no_ping)
 
     try:

@@ -6,6 +6,7 @@ import argparse
 import hashlib
 import json
 import os
+import socket
 import sys
 import time
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 import trio
 
 from petalproto._commands import status
+from petalproto._commands._common import CommandFailed
 from petalproto._commands.status import collect, model_report, render, spans_key
 from petalproto.core import Address, Identity
 from petalproto.core.dht import Record, make_dictionary_record, make_named_record
@@ -148,9 +150,19 @@ def _status(*argv: str) -> int:
     return status.run(parser.parse_args(argv))
 
 
-def test_petal_status_gives_up_after_its_timeout(capsys: pytest.CaptureFixture[str]) -> None:
+def test_petal_status_names_an_initial_peer_that_is_down() -> None:
     nobody = Address(_identity().peer_id, "127.0.0.1", 9)  # discard: nothing listens
-    assert _status("--timeout", "0.05", "--initial-peers", str(nobody)) == 1
+    with pytest.raises(CommandFailed, match=r"cannot reach 127\.0\.0\.1:9"):
+        _status("--timeout", "5", "--initial-peers", str(nobody))
+
+
+def test_petal_status_gives_up_after_its_timeout(capsys: pytest.CaptureFixture[str]) -> None:
+    silent = socket.socket()  # accepts (the kernel's backlog) but never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()
+    with silent:
+        mute = Address(_identity().peer_id, "127.0.0.1", silent.getsockname()[1])
+        assert _status("--timeout", "0.05", "--initial-peers", str(mute)) == 1
     assert "no answer within 0.05 s" in capsys.readouterr().err
 
 
