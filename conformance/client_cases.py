@@ -17,6 +17,7 @@ import trio
 
 from petalproto.core import ErrorCode, Identity, Settings
 from petalproto.core._frames import DataFlags, FrameType, encode_frame
+from petalproto.core._handshake import SIG_PREFIX
 from petalproto.core._msgpack import decode_strict, encode
 
 from ._client import (
@@ -25,7 +26,9 @@ from ._client import (
     client_case,
     closes_without_msg3,
     forged_static_signature,
+    peer_id_text,
 )
+from ._ed25519 import SMALL_ORDER_POINTS, forge_small_order
 from ._harness import QUOTE_GAP, Outcome
 from ._wire import WireTimeout, describe_frame
 from .cases._noise_common import (
@@ -35,6 +38,7 @@ from .cases._noise_common import (
     B_SIG,
     MUST_ABORT,
     ORDER8_KEY,
+    R_3_3_VALID_KEY,
     R_4_2,
     R_6_1,
     ZERO_KEY,
@@ -137,6 +141,29 @@ def _register_low_order(ordinal: int, what: str, point: bytes) -> None:
 
 for _ordinal, _what, _point in ((103, "a point of order 8", ORDER8_KEY), (104, "zero", ZERO_KEY)):
     _register_low_order(_ordinal, _what, _point)
+
+
+@client_case(
+    "3.3/101",
+    description="the address names the identity point (small order) as peer id, and message 2 "
+    "proves it with R = identity, S = 0, which the RFC 8032 equation accepts for any message",
+    requirement=R_3_3_VALID_KEY,
+    expected="the client refuses the address without dialling, or aborts after message 2",
+)
+async def small_order_identity(ctx: ClientCaseContext) -> Outcome:
+    key = SMALL_ORDER_POINTS[0]
+    await ctx.start_client(peer_id=peer_id_text(key))
+    wire = await ctx.accept(required=False)
+    if wire is None:
+        return ctx.passed(f"no connection: the address was refused ({ctx.client_says()})")
+    session = ResponderSession(wire, identity=ctx.identity)
+    if not await session.read_msg1(ctx.deadline):
+        return ctx.passed(f"closed before message 1 ({ctx.client_says()})")
+    signature = forge_small_order(key, SIG_PREFIX + session.static_public)
+    assert signature is not None  # R = identity fits every message under the identity key
+    payload = session.payload(identity_key=key, signature=signature)
+    await session.send_noise(session.msg2(payload), note="msg2 (small-order identity)")
+    return await closes_without_msg3(ctx, session)
 
 
 # -- after the handshake -----------------------------------------------------------------------

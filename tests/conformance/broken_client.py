@@ -10,6 +10,7 @@ that some case must catch (``test_client_role.py``):
 
 * ``no-peer-check``: goes on when the responder is not the peer the address names (§4.2);
 * ``no-sig-check``: goes on when message 2's identity signature does not verify (§6.6);
+* ``lax-keys``: takes any 32 bytes for a peer id, in the address and in message 2 (§3.3);
 * ``go-on``: after any failure in message 2 (a tampered byte, a low-order key), still sends
   a message 3 of the right length (§6.6);
 * ``ignore-credit``: sends every request whole, whatever the credit (§8.5);
@@ -21,6 +22,7 @@ It makes ``--count`` ``ping`` calls with a ``pad`` of ``--payload-bytes``, one a
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import sys
 from typing import Any
@@ -33,7 +35,7 @@ from petalproto.core._errors import HandshakeFailed
 from petalproto.core._frames import DataFlags, FrameType, encode_frame
 from petalproto.core._msgpack import encode
 
-FAULTS = ("no-peer-check", "no-sig-check", "go-on", "ignore-credit", "ignore-reset")
+FAULTS = ("no-peer-check", "no-sig-check", "lax-keys", "go-on", "ignore-credit", "ignore-reset")
 #: SPEC.md §8.4: a DATA chunk that fits one transport message.
 CHUNK = 65488
 TIMEOUT = 10.0
@@ -50,7 +52,7 @@ class Client:
         self.reset: set[int] = set()
         self.answered: set[int] = set()
 
-    async def handshake(self, address: Address) -> bool:
+    async def handshake(self, expected: bytes) -> bool:
         session, deadline = self.session, trio.current_time() + TIMEOUT
         await session.send_noise(session.msg1(), note="msg1")
         try:
@@ -58,13 +60,13 @@ class Client:
         except HandshakeFailed:
             return await self._go_on_anyway()
         except TargetViolation:  # the payload is no valid identity proof
-            if "no-sig-check" not in self.faults:
+            if not {"no-sig-check", "lax-keys"} & self.faults:
                 return False
             await session.send_noise(session.msg3(), note="msg3")
             return False  # it went on with message 3, which is the fault; no calls follow
         if hello is None:
             return False
-        if hello.peer_id != address.peer_id and "no-peer-check" not in self.faults:
+        if hello.peer_id.raw != expected and "no-peer-check" not in self.faults:
             return False
         await session.send_noise(session.msg3(), note="msg3")
         self.conn_credit = hello.settings.connection_window
@@ -120,11 +122,31 @@ class Client:
         return min(self.conn_credit, self.stream_credit[stream_id]) < size
 
 
-async def run(address: Address, faults: set[str], count: int, payload_bytes: int) -> int:
-    tcp = await trio.open_tcp_stream(address.host, address.port)
+def parse_address(text: str, *, lax: bool) -> tuple[bytes, str, int]:
+    """``PEERID@HOST:PORT`` as (raw peer id, host, port).
+
+    Raises:
+        ValueError: not an address (with ``lax``, any 32 bytes pass as a peer id).
+    """
+    if not lax:
+        address = Address.parse(text)
+        return address.peer_id.raw, address.host, address.port
+    peer, _, rest = text.partition("@")
+    host, _, port = rest.rpartition(":")
+    raw = base64.b32decode(peer.upper() + "=" * (-len(peer) % 8))
+    return raw, host.strip("[]"), int(port)
+
+
+async def run(text: str, faults: set[str], count: int, payload_bytes: int) -> int:
+    try:
+        expected, host, port = parse_address(text, lax="lax-keys" in faults)
+    except ValueError as exc:
+        print(f"broken_client: bad address: {exc}", file=sys.stderr)
+        return 2
+    tcp = await trio.open_tcp_stream(host, port)
     session = Session(Wire(tcp, WireLog(0.0)))
     client = Client(session, faults)
-    if not await client.handshake(address):
+    if not await client.handshake(expected):
         await tcp.aclose()
         return 1
     try:
@@ -139,7 +161,7 @@ async def run(address: Address, faults: set[str], count: int, payload_bytes: int
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="broken_client")
-    parser.add_argument("address", type=Address.parse)
+    parser.add_argument("address")
     parser.add_argument("--fault", action="append", choices=FAULTS, default=[])
     parser.add_argument("--count", type=int, default=3)
     parser.add_argument("--payload-bytes", type=int, default=60000)

@@ -25,6 +25,7 @@ BROKEN = f"{PY} -m tests.conformance.broken_client {{address}}"
 
 #: case id -> the arguments of broken_client.py under which that case must FAIL.
 BREAKERS = {
+    "3.3/101": "--fault lax-keys",
     "4.2/101": "--fault no-peer-check",
     "6.1/101": "--count 0",  # a client that makes no call after the handshake
     "6.6/101": "--fault no-sig-check",
