@@ -117,6 +117,7 @@ class ClientCaseContext(CaseContext):
         self.deadline = self.started + self.timeout
         self.scope.deadline = self._client_limit()
         self.identity = Identity.from_seed(os.urandom(32))
+        self.address = ""  # what the client was told to dial, once started
         self._listeners: list[trio.SocketListener] = []
         self._process: trio.Process | None = None
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 (closed in aclose)

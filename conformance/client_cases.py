@@ -277,7 +277,7 @@ async def _small_windows(ctx: ClientCaseContext) -> tuple[ResponderSession, Call
 
 
 def _consumed_credit(calls: Calls) -> bytes:
-    """CREDIT frames giving back everything the client sent so far."""
+    """A connection CREDIT giving back everything the client sent so far."""
     return encode_frame(FrameType.CREDIT, 0, calls.total)
 
 
@@ -295,7 +295,7 @@ async def honours_credit(ctx: ClientCaseContext) -> Outcome:
         return setup
     session, calls = setup
     waiting = len(calls.ended)
-    await calls.quiet(min(ctx.deadline, _now() + 1.0))
+    await calls.quiet(min(ctx.deadline, trio.current_time() + 1.0))
     if calls.total > WINDOW:
         return ctx.violated(f"{calls.total} bytes of DATA on a {WINDOW}-byte window")
     before = calls.total
@@ -318,7 +318,7 @@ async def honours_reset(ctx: ClientCaseContext) -> Outcome:
     if not isinstance(setup, tuple):
         return setup
     session, calls = setup
-    await calls.quiet(min(ctx.deadline, _now() + 0.5))
+    await calls.quiet(min(ctx.deadline, trio.current_time() + 0.5))
     stalled = [s for s in calls.methods if s not in calls.ended and s % 2 == 1]
     if not stalled:
         return ctx.info(f"no call waits for credit; the client sent: {calls.seen}")
@@ -327,14 +327,10 @@ async def honours_reset(ctx: ClientCaseContext) -> Outcome:
     await calls.reset(target, ErrorCode.CANCEL)
     await session.send_frames(_consumed_credit(calls), note="CREDIT after the RESET")
     ctx.set_window(ctx.timeout)
-    await calls.quiet(min(ctx.deadline, _now() + 1.0))
+    await calls.quiet(min(ctx.deadline, trio.current_time() + 1.0))
     after = calls.data.get(target, 0) - sent_before
     if after:
         return ctx.violated(f"{after} bytes of DATA on stream {target} after our RESET")
     later = [s for s in calls.methods if s > target]
     note = f"; later calls on streams {later}" if later else "; no later call"
     return ctx.passed(f"nothing more on stream {target} after our RESET{note}")
-
-
-def _now() -> float:
-    return trio.current_time()

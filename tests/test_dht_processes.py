@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import select
 import statistics
 import subprocess
 import sys
@@ -28,24 +27,10 @@ from petalproto.core.dht import Record, make_named_record
 from petalproto.net import ConnectionPool
 from petalproto.net._dht import DhtService
 
+from ._processes import first_line
+
 NODES = 20
 _CLI = [sys.executable, "-m", "petalproto.cli"]
-
-
-def _first_line(proc: subprocess.Popen[str], deadline: float) -> str:
-    """The first line of a process's stdout, without blocking past ``deadline``."""
-    stdout = proc.stdout
-    assert stdout is not None
-    while True:
-        left = deadline - time.monotonic()
-        ready, _, _ = select.select([stdout], [], [], max(left, 0))
-        if ready:
-            line = stdout.readline()
-            if not line:
-                raise AssertionError(f"petal dht exited with {proc.wait()} before its address")
-            return line.strip()
-        if left <= 0:
-            raise AssertionError("petal dht printed no address in time")
 
 
 @contextmanager
@@ -63,9 +48,9 @@ def dht_processes(count: int, log: IO[str]) -> Iterator[list[Address]]:
 
     try:
         deadline = time.monotonic() + 30
-        first = _first_line(spawn([]), deadline)
+        first = first_line(spawn([]), deadline)
         rest = [spawn([first]) for _ in range(count - 1)]
-        yield [Address.parse(first), *(Address.parse(_first_line(p, deadline)) for p in rest)]
+        yield [Address.parse(first), *(Address.parse(first_line(p, deadline)) for p in rest)]
     finally:
         for proc in procs:
             proc.terminate()

@@ -12,16 +12,21 @@ CORE = Path(__file__).resolve().parent.parent / "petalproto" / "core"
 FORBIDDEN = frozenset({"trio", "socket", "time", "random", "asyncio", "threading", "torch"})
 
 
+def _imported(node: ast.AST) -> list[str]:
+    """The absolute module names an ``import`` statement names ([] for any other node)."""
+    if isinstance(node, ast.Import):
+        return [alias.name for alias in node.names]
+    if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+        return [node.module]
+    return []
+
+
 def forbidden_imports(source: str) -> list[str]:
     """The forbidden top-level modules that ``source`` imports, however it spells it."""
     found = []
     for node in ast.walk(ast.parse(source)):
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module]
-        elif (
+        names = _imported(node)
+        if (
             isinstance(node, ast.Call)
             and isinstance(node.func, (ast.Name, ast.Attribute))
             and (node.func.id if isinstance(node.func, ast.Name) else node.func.attr)
@@ -92,12 +97,8 @@ def names_above(source: str) -> list[str]:
     handed to ``import_module`` through a variable is a string too)."""
     found = []
     for node in ast.walk(ast.parse(source)):
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            names = [node.module]
-        elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+        names = _imported(node)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
             names = [node.value]
         found += [name for name in names if name.partition(".")[0] in ABOVE]
     return found

@@ -13,7 +13,6 @@ announcement past the original expiry, then the withdrawal after SIGTERM.
 from __future__ import annotations
 
 import os
-import select
 import subprocess
 import sys
 import time
@@ -30,27 +29,14 @@ from petalproto.core.dht import Record, parse_record
 from petalproto.net import ConnectionPool
 from reference_peer._announce import spans_key
 
+from .._processes import first_line
+
 pytestmark = [pytest.mark.slow, pytest.mark.model]
 
 _CLI = [sys.executable, "-m", "petalproto.cli"]
 #: Seconds between refreshes, and an announcement's lifetime: the run of the §12 cases
 #: (about 10 s here) outlasts the first announcement.
 INTERVAL, LIFETIME = 1, 6
-
-
-def _first_line(proc: subprocess.Popen[str], deadline: float) -> str:
-    stdout = proc.stdout
-    assert stdout is not None
-    while True:
-        left = deadline - time.monotonic()
-        ready, _, _ = select.select([stdout], [], [], max(left, 0))
-        if ready:
-            line = stdout.readline()
-            if not line:
-                raise AssertionError(f"the process exited with {proc.wait()}")
-            return line.strip()
-        if left <= 0:
-            raise AssertionError("the process printed no address in time")
 
 
 @contextmanager
@@ -100,13 +86,13 @@ def test_announcement_outlives_conformance_run_and_withdrawal_arrives(
         (tmp_path / "serve.log").open("w") as serve_log,
         _process(["dht", "--listen", "127.0.0.1:0"], dht_log) as dht,
     ):
-        node = Address.parse(_first_line(dht, deadline))
+        node = Address.parse(first_line(dht, deadline))
         serve_args = ["serve", "--model", str(model), "--model-name", "tiny", "--blocks", "0:6"]
         serve_args += ["--device", "cpu", "--listen", "127.0.0.1:0", "--no-progress"]
         serve_args += ["--initial-peers", str(node)]
         serve_args += ["--announce-interval", str(INTERVAL), "--announce-lifetime", str(LIFETIME)]
         with _process(serve_args, serve_log) as serve:
-            peer = Address.parse(_first_line(serve, deadline))
+            peer = Address.parse(first_line(serve, deadline))
             first = _live(_held(node, "tiny"), peer)
             assert first and first[0].value is not None
             started = time.monotonic()
