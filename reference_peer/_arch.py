@@ -4,6 +4,12 @@ Everything here works from the model's own config and classes (notes: models.md 
 
 - ``cut_config`` makes the config of a model holding only blocks ``[start, end)``: the layer
   count shrinks and every per-layer list (``layer_types``, ...) is sliced.
+- ``span_class`` makes a subclass of the base-model class whose blocks are built as the
+  layers they are in the whole model: a block's structure may depend on its layer number
+  (DeepSeek's dense first layers, Qwen-MoE's ``mlp_only_layers``, GPT-2's inverse-layer
+  attention scale, ModernBERT's first layer without an attention norm), so block ``i`` of a
+  span is constructed as layer ``start + i`` from the whole model's config, then only the
+  span's blocks are kept.
 - ``find_blocks`` builds the base model on the ``meta`` device (no memory, no init) and finds
   its block list: the shortest-path ``nn.ModuleList`` whose length is the layer count and whose
   elements are among the classes the model refuses to split (``_no_split_modules``).
@@ -28,7 +34,15 @@ from transformers.utils import logging as _hf_logging
 
 hf_logging: Any = _hf_logging
 
-__all__ = ["Blocks", "cut_config", "find_blocks", "forward_params", "load_config", "quiet_loading"]
+__all__ = [
+    "Blocks",
+    "cut_config",
+    "find_blocks",
+    "forward_params",
+    "load_config",
+    "quiet_loading",
+    "span_class",
+]
 
 #: Config fields that are lists but not one entry per layer.
 _NOT_PER_LAYER = frozenset({"architectures"})
@@ -69,17 +83,25 @@ def cut_config(config: PretrainedConfig, start: int, end: int, *, span: bool) ->
     Returns:
         A modified deep copy.
     """
-    total = num_layers(config)
     sub = copy.deepcopy(config)
-    for name, value in list(vars(sub).items()):
-        if name not in _NOT_PER_LAYER and isinstance(value, list | tuple) and len(value) == total:
-            setattr(sub, name, type(value)(value[start:end]))
+    for name, value in _per_layer(config).items():
+        setattr(sub, name, type(value)(value[start:end]))
     sub.num_hidden_layers = end - start
     if span and getattr(sub, "vocab_size", None) is not None:
         sub.vocab_size = _SPAN_VOCAB
         if getattr(sub, "pad_token_id", None) is not None and sub.pad_token_id >= _SPAN_VOCAB:
             sub.pad_token_id = None
     return sub
+
+
+def _per_layer(config: PretrainedConfig) -> dict[str, list[Any] | tuple[Any, ...]]:
+    """The config's entries that hold one value per layer (``layer_types``, ...)."""
+    total = num_layers(config)
+    return {
+        name: value
+        for name, value in vars(config).items()
+        if name not in _NOT_PER_LAYER and isinstance(value, list | tuple) and len(value) == total
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +150,54 @@ def find_blocks(config: PretrainedConfig) -> Blocks:
         if not no_split or type(module[0]).__name__ in no_split:
             return Blocks(model_class=type(skeleton), path=name)
     raise ValueError(f"{type(skeleton).__name__} has no block list of length {wanted}")
+
+
+def span_class(blocks: Blocks, config: PretrainedConfig, start: int, end: int) -> type[nn.Module]:
+    """A subclass of ``blocks.model_class`` whose blocks are layers ``[start, end)`` of the
+    model that ``config`` describes, each built as the layer it is there.
+
+    The subclass takes the span's config (``cut_config(config, start, end, ...)``). While
+    the base class builds its modules, that config shows the whole model's layer count and
+    per-layer entries, so every layer is built with its own number (on the ``meta`` device
+    under ``from_pretrained``, so the layers outside the span cost nothing); then the block
+    list keeps only the span's layers, renumbered from 0 as the span's checkpoint names are,
+    and the config shows the span again, as the model's forward expects. Blocks keep their
+    layer numbers (``layer_idx``): they index the attention cache with them, so a span's
+    cache must map layer ``start + i`` to its ``i``-th entry.
+
+    Args:
+        blocks: the base-model class and its block list, found from a config.
+        config: the whole model's config.
+        start: first block (inclusive).
+        end: last block (exclusive).
+
+    Returns:
+        The subclass, named like its base class.
+    """
+    base: Any = blocks.model_class
+    whole = {name: copy.copy(value) for name, value in _per_layer(config).items()}
+    whole["num_hidden_layers"] = num_layers(config)
+    owner_path, _, leaf = blocks.path.rpartition(".")
+
+    def __init__(self: Any, span_config: PretrainedConfig, *args: Any, **kwargs: Any) -> None:
+        shown = {name: getattr(span_config, name) for name in whole}
+        for name, value in whole.items():
+            setattr(span_config, name, copy.copy(value))
+        try:
+            base.__init__(self, span_config, *args, **kwargs)
+        finally:
+            for name, value in shown.items():
+                setattr(span_config, name, value)
+        owner = self.get_submodule(owner_path) if owner_path else self
+        setattr(owner, leaf, nn.ModuleList(list(getattr(owner, leaf))[start:end]))
+
+    namespace = {
+        "__init__": __init__,
+        "__module__": base.__module__,
+        "__qualname__": base.__qualname__,
+    }
+    made: type[nn.Module] = type(base.__name__, (base,), namespace)
+    return made
 
 
 def forward_params(module: nn.Module | type[nn.Module]) -> frozenset[str]:

@@ -54,17 +54,27 @@ def load_span_model(
     config: PretrainedConfig,
     start: int,
     *,
+    whole: PretrainedConfig,
     device: torch.device,
     dtype: torch.dtype,
     quantization: Quantization | None,
 ) -> tuple[nn.Module, _arch.Blocks]:
-    """Build the cut base model and fill its blocks from the checkpoint.
+    """Build the span's base model, its blocks as their own layers of the whole model, and
+    fill them from the checkpoint.
+
+    Args:
+        path: the checkpoint directory.
+        config: the span's config (``cut_config`` of ``whole``).
+        start: the span's first block.
+        whole: the whole model's config.
+        device, dtype, quantization: where and how the weights go.
 
     Returns:
         The model in eval mode, and where its blocks are.
 
     Raises:
-        ValueError: the checkpoint lacks tensors of the span.
+        ValueError: the checkpoint lacks tensors of the span, or holds span tensors that the
+            span's blocks have no place for (each named).
     """
     blocks = _arch.find_blocks(config)
     weight_map = _checkpoint.read_weight_map(path)
@@ -82,11 +92,12 @@ def load_span_model(
     extra: dict[str, Any] = {}
     if quantization is not None:
         extra["quantization_config"] = _bnb_config(quantization, dtype)
+    model_class: Any = _arch.span_class(blocks, whole, start, start + count)
     with (
         _arch.quiet_loading(),
         _checkpoint.open_tensors(path, weight_map, names, rename) as state_dict,
     ):
-        model, info = blocks.model_class.from_pretrained(  # type: ignore[attr-defined]
+        model, info = model_class.from_pretrained(
             None,
             config=config,
             state_dict=state_dict,
@@ -95,12 +106,34 @@ def load_span_model(
             output_loading_info=True,
             **extra,
         )
-    lost = [key for key in info["missing_keys"] if f"{blocks.path}." in key]
+    inside = f"{blocks.path}."
+    lost = sorted(_real_name(k, inside, start) for k in info["missing_keys"] if inside in k)
     if lost:
-        raise ValueError(f"the span's blocks lack tensors after loading: {lost[:5]}")
+        raise ValueError(
+            f"the checkpoint lacks {len(lost)} tensor(s) of blocks {start}:{start + count}: "
+            + ", ".join(lost[:5])
+            + (" ..." if len(lost) > 5 else "")
+        )
+    stray = sorted(_real_name(k, inside, start) for k in info["unexpected_keys"])
+    if stray:
+        raise ValueError(
+            f"the checkpoint holds {len(stray)} tensor(s) of blocks {start}:{start + count} "
+            "that the blocks have no place for: "
+            + ", ".join(stray[:5])
+            + (" ..." if len(stray) > 5 else "")
+        )
     model.eval()
     assert isinstance(model, nn.Module)
     return model, blocks
+
+
+def _real_name(key: str, inside: str, start: int) -> str:
+    """A span model's parameter name with the block's number in the whole model."""
+    head, found, tail = key.partition(inside)
+    if not found:
+        return key
+    index, dot, rest = tail.partition(".")
+    return f"{head}{inside}{int(index) + start}{dot}{rest}" if index.isdigit() else key
 
 
 def _bnb_config(quantization: Quantization, dtype: torch.dtype) -> Any:

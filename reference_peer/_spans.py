@@ -12,9 +12,14 @@ position ids and the cache. Two hooks, registered once at load, make the call a 
 - a forward hook on the last block raises ``_SpanOutput`` carrying the block's output, so the
   final norm and anything after it never run.
 
-Because the span's first block has index 0 in the cut model, a ``DynamicCache`` built from
-the cut config is exactly this span's attention cache, and its ``get_seq_length()`` is the
-number of tokens the span has seen. A ``SpanSession`` owns one such cache.
+Each block is built as the layer it is in the whole model (``_arch.span_class``): a block's
+structure may depend on its layer number, and some blocks use the number when they run
+(GPT-2's inverse-layer attention scale), so blocks keep it. They index the attention cache
+with it, too; a ``SpanCache`` is a ``DynamicCache`` of the cut config whose ``update`` maps
+layer ``start + i`` to entry ``i``. Everything the model itself asks of the cache (its
+length, the sliding/full layout behind the masks) counts entries from the span's first
+block, so ``get_seq_length()`` is the number of tokens the span has seen. A ``SpanSession``
+owns one such cache.
 
 Invariants: ``_incoming`` is set only while ``_lock`` is held, so concurrent callers (threads
 of an RPC server) never see each other's activations; a session whose step failed half way
@@ -36,11 +41,38 @@ from . import _arch
 from ._errors import BadTensor, OutOfCache, SessionClosed, TooLong, TooManySessions, WrongSpan
 from ._loading import Quantization, load_span_model, pick_device
 
-__all__ = ["Quantization", "SpanModel", "SpanSession", "pick_device"]
+__all__ = ["Quantization", "SpanCache", "SpanModel", "SpanSession", "pick_device"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 _MASK_DTYPES = (torch.int64, torch.int32, torch.bool)
 _POSITION_DTYPES = (torch.int64, torch.int32)
+
+
+class SpanCache(DynamicCache):
+    """The attention cache of a span that starts at block ``start``.
+
+    The span's blocks update it with their layer numbers in the whole model; entry ``i``
+    holds layer ``start + i``. Every other method counts entries from 0, as the model's own
+    code (mask sizes, sequence length) expects of a cache built from the span's config.
+    """
+
+    def __init__(self, config: PretrainedConfig, start: int) -> None:
+        super().__init__(config=config)
+        self.start = start
+
+    def update(
+        self,
+        key_states: torch.Tensor,
+        value_states: torch.Tensor,
+        layer_idx: int,
+        *args: Any,
+        **kwargs: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``DynamicCache.update`` of layer ``layer_idx`` of the whole model."""
+        keys, values = super().update(
+            key_states, value_states, layer_idx - self.start, *args, **kwargs
+        )
+        return keys, values
 
 
 class _SpanOutput(Exception):
@@ -105,6 +137,7 @@ class SpanModel:
             self.path,
             self.config,
             start,
+            whole=self.full_config,
             device=self.device,
             dtype=self.dtype,
             quantization=quantization,
@@ -166,7 +199,7 @@ class SpanModel:
         hidden: torch.Tensor,
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
-        cache: DynamicCache | None,
+        cache: SpanCache | None,
         past: int,
     ) -> torch.Tensor:
         hidden = hidden.to(self.device, self.dtype)
@@ -213,7 +246,7 @@ class SpanModel:
         For sliding-window layers it is an upper bound.
         """
         if self._bytes_per_token is None:
-            cache = DynamicCache(config=self.config)
+            cache = SpanCache(self.config, self.start)
             hidden = torch.zeros(1, 1, self.hidden_size)
             ones = torch.ones(1, 1, dtype=torch.long)
             self._run(hidden, ones, ones - 1, cache, 0)
@@ -270,7 +303,7 @@ class SpanSession:
     def __init__(self, span: SpanModel, batch: int, max_length: int, reserved: int) -> None:
         self.span, self.batch, self.max_length = span, batch, max_length
         self._reserved = reserved
-        self._cache: DynamicCache | None = DynamicCache(config=span.config)
+        self._cache: SpanCache | None = SpanCache(span.config, span.start)
         self.length = 0
 
     def step(
