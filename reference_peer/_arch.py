@@ -175,7 +175,7 @@ def span_class(blocks: Blocks, config: PretrainedConfig, start: int, end: int) -
         The subclass, named like its base class.
     """
     base: Any = blocks.model_class
-    whole = {name: copy.copy(value) for name, value in _per_layer(config).items()}
+    whole: dict[str, Any] = {name: copy.copy(value) for name, value in _per_layer(config).items()}
     whole["num_hidden_layers"] = num_layers(config)
     owner_path, _, leaf = blocks.path.rpartition(".")
 

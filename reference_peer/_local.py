@@ -25,6 +25,7 @@ in use continues it; ``generate()`` ends the session when it returns. Hence one 
 from __future__ import annotations
 
 import inspect
+import types
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -72,6 +73,15 @@ class _ChainBlock(nn.Module):
             cache = next((value for value in values if isinstance(value, Cache)), None)
             out = self._owner._run_chain(hidden, cache)
         return (out,) if self.returns_tuple else out
+
+
+def _plain_attributes(module: nn.Module) -> dict[str, Any]:
+    """A module's public instance attributes that are neither tensors nor modules."""
+    return {
+        name: value
+        for name, value in vars(module).items()
+        if not name.startswith("_") and name != "training"
+    }
 
 
 class _ChainClient:
@@ -138,14 +148,16 @@ class _ChainClient:
         self.chain = chain
         self._chain_block = _ChainBlock(self)
         # Model loops read plain attributes of their blocks (transformers 5.0 looks up
-        # ``decoder_layer.attention_type`` to pick a mask): keep those of the block we replace.
-        for name, value in vars(blocks[0]).items():
-            if (
-                not name.startswith("_")
-                and name != "training"
-                and name not in vars(self._chain_block)
-            ):
+        # ``decoder_layer.attention_type``, or ``decoder_layer.self_attn.attention_type``, to
+        # pick a mask): keep those of the block we replace, and of its direct submodules as
+        # plain namespaces, so that the block's weights can go.
+        for name, value in _plain_attributes(blocks[0]).items():
+            if name not in vars(self._chain_block):
                 object.__setattr__(self._chain_block, name, value)
+        for name, child in blocks[0].named_children():
+            object.__setattr__(
+                self._chain_block, name, types.SimpleNamespace(**_plain_attributes(child))
+            )
         blocks[0] = self._chain_block
         self._inputs = (None, None)
         self._session_cache = None

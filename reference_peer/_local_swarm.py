@@ -1,5 +1,6 @@
 """A swarm of real processes on this machine: one DHT node and N peers, each serving an
-equal share of a model's blocks.  Used by ``petal demo``, ``petal bench swarm`` and tests."""
+equal share of a model's blocks (or the spans given).  Used by ``petal demo``, ``petal bench``
+and tests.  Several swarms may share one DHT node: each one after the first joins it."""
 
 from __future__ import annotations
 
@@ -48,10 +49,15 @@ class LocalSwarm:
     #: Start peers one after another (each then has the machine to itself, so its start
     #: time is its own) rather than all at once.
     one_by_one: bool = False
+    #: The peers' spans; by default ``peers`` equal shares of the model's blocks.
+    spans: list[tuple[int, int]] | None = None
+    #: A DHT node to join instead of starting one (this swarm then stops only its peers).
+    join: Address | None = None
 
     def __post_init__(self) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="petal-swarm-"))
         self._procs: list[_Process] = []
+        self._launched: list[_Process] = []  # the peers of ``spans``, in order
         self.dht: Address | None = None
         self.servers: list[tuple[Address, tuple[int, int]]] = []
 
@@ -103,23 +109,36 @@ class LocalSwarm:
         return self._spawn(f"peer{peers}", args + self.extra_serve_args)
 
     def start(self) -> LocalSwarm:
+        """Start the DHT node and the peers; return when every peer has announced."""
+        return self.launch().wait()
+
+    def launch(self) -> LocalSwarm:
+        """Start the DHT node (or take ``join``), then spawn the peers without waiting for
+        them (unless ``one_by_one``); ``wait`` waits."""
         from ._arch import load_config, num_layers
 
-        total = num_layers(load_config(str(self.model_path)))
-        dht = self._spawn("dht", ["dht", "--listen", "127.0.0.1:0"])
-        self._wait([dht])
-        assert dht.address is not None
-        self.dht = dht.address
-        spans = split_blocks(total, self.peers)
-        servers = []
-        for start, end in spans:
-            servers.append(self._spawn_peer(start, end))
+        if self.join is not None:
+            self.dht = self.join
+        else:
+            dht = self._spawn("dht", ["dht", "--listen", "127.0.0.1:0"])
+            self._wait([dht])
+            assert dht.address is not None
+            self.dht = dht.address
+        if self.spans is None:
+            self.spans = split_blocks(num_layers(load_config(str(self.model_path))), self.peers)
+        for start, end in self.spans:
+            self._launched.append(self._spawn_peer(start, end))
             if self.one_by_one:
-                self._wait(servers[-1:])
-        self._wait(servers)
+                self._wait(self._launched[-1:])
+        return self
+
+    def wait(self) -> LocalSwarm:
+        """Wait until every launched peer has announced itself."""
+        self._wait(self._launched)
+        assert self.spans is not None
         self.servers = [
             (p.address, span)
-            for p, span in zip(servers, spans, strict=True)
+            for p, span in zip(self._launched, self.spans, strict=True)
             if p.address is not None
         ]
         return self
@@ -153,21 +172,19 @@ class LocalSwarm:
         return proc.popen.wait(timeout=30)
 
     def stop(self) -> None:
-        # Peers first, while the DHT node can still take their withdrawals.
-        for proc in reversed(self._procs):
-            if proc.popen.poll() is None:
-                proc.popen.terminate()
-                if proc.name != "dht":
-                    try:
-                        proc.popen.wait(timeout=10)
-                    except subprocess.TimeoutExpired:
-                        proc.popen.kill()
-        for proc in self._procs:
-            try:
-                proc.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.popen.kill()
-                proc.popen.wait()
+        """Stop every process: the peers together first, while the DHT node can still take
+        their withdrawals, then the DHT node."""
+        peers = [p for p in self._procs if p.name != "dht"]
+        for group in (peers, [p for p in self._procs if p.name == "dht"]):
+            for proc in group:
+                if proc.popen.poll() is None:
+                    proc.popen.terminate()
+            for proc in group:
+                try:
+                    proc.popen.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.popen.kill()
+                    proc.popen.wait()
         self._procs.clear()
 
     def __enter__(self) -> LocalSwarm:

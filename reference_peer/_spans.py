@@ -57,7 +57,15 @@ class SpanCache(DynamicCache):
     """
 
     def __init__(self, config: PretrainedConfig, start: int) -> None:
-        super().__init__(config=config)
+        # A config whose layer types name sliding windows but no window size (ModernBERT's
+        # local attention is ``local_attention``) cannot lay out a cache on transformers 5.0;
+        # such a model is an encoder, which never fills one: lay its layers out lazily.
+        types = getattr(config, "layer_types", None) or ()
+        window = getattr(config, "sliding_window", None) or getattr(
+            config, "attention_chunk_size", None
+        )
+        sliding = any(kind in ("sliding_attention", "chunked_attention") for kind in types)
+        super().__init__(config=None if sliding and window is None else config)
         self.start = start
 
     def update(

@@ -17,16 +17,29 @@ from transformers import (
     AutoModelForCausalLM,
     BertConfig,
     BloomConfig,
+    DeepseekV3Config,
+    Exaone4Config,
     FalconConfig,
+    Gemma2Config,
     Gemma3TextConfig,
+    Glm4MoeConfig,
     GPT2Config,
+    GPTNeoXConfig,
+    GptOssConfig,
     LlamaConfig,
     MistralConfig,
     MixtralConfig,
+    ModernBertConfig,
+    Olmo3Config,
+    OlmoeConfig,
+    Phi3Config,
     PretrainedConfig,
     PreTrainedTokenizerFast,
     Qwen2Config,
+    Qwen2MoeConfig,
     Qwen3Config,
+    Qwen3MoeConfig,
+    SmolLM3Config,
 )
 
 VOCAB = 128
@@ -48,6 +61,24 @@ _LLAMA_LIKE: dict[str, Any] = {
     "pad_token_id": 0,
 }
 
+_MOE: dict[str, Any] = {"moe_intermediate_size": 16, "num_experts_per_tok": 2}
+
+#: Families whose layers differ by layer number, as spans starting mid-model must build them:
+#: every checkpoint's block 3 is built unlike its block 0.
+LAYER_DEPENDENT = {
+    # Blocks 0 and 1 dense, the rest mixtures of experts (first_k_dense_replace).
+    "deepseek_v3",
+    # Dense blocks among mixtures of experts (mlp_only_layers).
+    "qwen2_moe",
+    # The attention scale of block i is 1 / (i + 1); weights large enough that a wrong scale
+    # changes the greedy tokens.
+    "gpt2-scaled",
+    # Five sliding-window blocks (window 16, shorter than the tests' prompts), then one global.
+    "gemma3",
+    # Block 0 has no attention norm; every third block attends globally, the rest locally.
+    "modernbert",
+}
+
 CONFIGS: dict[str, Callable[[], PretrainedConfig]] = {
     "llama": lambda: LlamaConfig(**_LLAMA_LIKE),
     "mistral": lambda: MistralConfig(**_LLAMA_LIKE, sliding_window=24),
@@ -67,6 +98,73 @@ CONFIGS: dict[str, Callable[[], PretrainedConfig]] = {
         n_layer=LAYERS,
         n_head=4,
         n_positions=512,
+        initializer_range=0.2,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    ),
+    "gpt2-scaled": lambda: GPT2Config(
+        vocab_size=VOCAB,
+        n_embd=HIDDEN,
+        n_layer=LAYERS,
+        n_head=4,
+        n_positions=512,
+        initializer_range=1.0,
+        scale_attn_by_inverse_layer_idx=True,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    ),
+    "deepseek_v3": lambda: DeepseekV3Config(
+        **{**_LLAMA_LIKE, "num_key_value_heads": 4},  # MLA: one key per query head
+        **_MOE,
+        n_routed_experts=4,
+        n_shared_experts=1,
+        first_k_dense_replace=2,
+        kv_lora_rank=16,
+        q_lora_rank=24,
+        qk_rope_head_dim=4,
+        v_head_dim=8,
+        qk_nope_head_dim=4,
+        n_group=2,
+        topk_group=1,
+    ),
+    "qwen2_moe": lambda: Qwen2MoeConfig(
+        **_LLAMA_LIKE,
+        **_MOE,
+        shared_expert_intermediate_size=32,
+        num_experts=4,
+        mlp_only_layers=[0, 4],
+    ),
+    "qwen3_moe": lambda: Qwen3MoeConfig(
+        **_LLAMA_LIKE, **_MOE, num_experts=4, mlp_only_layers=[1, 3]
+    ),
+    "glm4_moe": lambda: Glm4MoeConfig(
+        **_LLAMA_LIKE,
+        **_MOE,
+        n_routed_experts=4,
+        first_k_dense_replace=2,
+        n_group=1,
+        topk_group=1,
+    ),
+    "olmoe": lambda: OlmoeConfig(**_LLAMA_LIKE, num_experts=4, num_experts_per_tok=2),
+    "gpt_oss": lambda: GptOssConfig(
+        **_LLAMA_LIKE, head_dim=8, num_local_experts=4, num_experts_per_tok=2, sliding_window=8
+    ),
+    # Rotary embeddings in some layers only (no_rope_layers).
+    "smollm3": lambda: SmolLM3Config(**_LLAMA_LIKE, no_rope_layers=[1, 1, 1, 0, 1, 0]),
+    "gemma2": lambda: Gemma2Config(
+        **_LLAMA_LIKE, head_dim=8, query_pre_attn_scalar=8, sliding_window=8
+    ),
+    "olmo3": lambda: Olmo3Config(**_LLAMA_LIKE, sliding_window=8),
+    "exaone4": lambda: Exaone4Config(**_LLAMA_LIKE, sliding_window=8, sliding_window_pattern=3),
+    "phi3": lambda: Phi3Config(**_LLAMA_LIKE),
+    "gpt_neox": lambda: GPTNeoXConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        intermediate_size=64,
         initializer_range=0.2,
         bos_token_id=1,
         eos_token_id=2,
@@ -114,6 +212,22 @@ ENCODERS: dict[str, Callable[[], PretrainedConfig]] = {
         intermediate_size=64,
         max_position_embeddings=512,
         pad_token_id=0,
+    ),
+    "modernbert": lambda: ModernBertConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=4,
+        intermediate_size=64,
+        max_position_embeddings=512,
+        local_attention=4,
+        layer_types=["full_attention", "sliding_attention", "sliding_attention"] * 2,
+        initializer_range=0.2,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        cls_token_id=1,
+        sep_token_id=2,
     ),
 }
 
