@@ -20,7 +20,13 @@ from petalproto.core import Address, Identity
 from petalproto.core._route import SpanInfo
 from petalproto.core.dht import Record, make_dictionary_record
 
-__all__ = ["ANNOUNCE_INTERVAL", "SPANS_PREFIX", "spans_from_records", "spans_key"]
+__all__ = [
+    "ANNOUNCE_INTERVAL",
+    "SPANS_PREFIX",
+    "quantization_of",
+    "spans_from_records",
+    "spans_key",
+]
 
 log = logging.getLogger("reference_peer.announce")
 
@@ -56,6 +62,7 @@ def announcement(
         "throughput": int(float(info.get("throughput") or 0.0) * 1000),
         "cache_tokens_free": info.get("cache_tokens_free"),
         "dtype": str(info.get("dtype", "")),
+        "quantization": info.get("quantization"),
     }
     return make_dictionary_record(
         identity, spans_key(model), value, seq=_seq(), expires=int(time.time()) + lifetime
@@ -88,11 +95,19 @@ def spans_from_records(records: list[Record], model: str) -> list[SpanInfo]:
                     throughput=int(value.get("throughput") or 0) / 1000,
                     cache_tokens_free=value.get("cache_tokens_free"),
                     dtype=str(value.get("dtype", "")),
+                    quantization=quantization_of(value.get("quantization")),
                 )
             )
         except (KeyError, TypeError, ValueError):
             log.debug("skipping a malformed announcement from %s", record.publisher)
     return spans
+
+
+def quantization_of(value: Any) -> str | None:
+    """SPEC.md §13.8: nil or text (an unknown text ranks below every precision)."""
+    if value is not None and not isinstance(value, str):
+        raise TypeError("quantization must be text or nil")
+    return value
 
 
 async def keep_announced(

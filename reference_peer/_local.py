@@ -107,6 +107,7 @@ class _ChainClient:
         model_name: str | None = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
+        min_precision: str | None = None,
     ) -> Self:
         """Load the client's part of a checkpoint (embeddings; for a causal LM also the final
         norm and head; for an encoder its pooler) and attach a chain.
@@ -118,13 +119,18 @@ class _ChainClient:
             model_name: the model's name in the swarm (default: the directory's name).
             device: where the client's tensors live.
             dtype: their dtype; fp32 on CPU by default.
+            min_precision: with ``initial_peers``, plan only through spans of this
+                precision or better (SPEC.md §13.8): ``"float32"``, ``"bfloat16"`` (or
+                ``"bf16"``), ``"float16"`` (``"fp16"``), ``"int8"`` or ``"nf4"``; by
+                default any.
 
         Returns:
             The model, in eval mode. ``close()`` releases its chain (and swarm).
 
         Raises:
             ValueError: the checkpoint lacks non-block tensors, the architecture's blocks
-                cannot be replaced, or neither ``chain`` nor ``initial_peers`` was given.
+                cannot be replaced, neither ``chain`` nor ``initial_peers`` was given, or
+                ``min_precision`` names no precision (or comes with a ``chain``).
             ConnectionError: the swarm could not be joined.
         """
         model = _build(
@@ -136,6 +142,7 @@ class _ChainClient:
             model_name=model_name,
             device=device,
             dtype=dtype,
+            min_precision=min_precision,
         )
         assert isinstance(model, cls)
         return model
@@ -300,13 +307,19 @@ def _build(
     model_name: str | None,
     device: str | torch.device,
     dtype: torch.dtype | None,
+    min_precision: str | None,
 ) -> Any:
     """Load a checkpoint's client parts as ``cls`` and attach the chain of its blocks."""
+    from petalproto.core._route import parse_precision
+
+    minimum = None if min_precision is None else parse_precision(min_precision)
+    if minimum is not None and chain is not None:
+        raise ValueError("min_precision applies to the swarm's spans: give initial_peers")
     model: Any
     model, blocks, config = load_client_model(path, auto, device=device, dtype=dtype)
     model.__class__ = _distributed_class(cls, type(model))
     model.full_config = config
-    chain = _resolve_chain(chain, initial_peers, model_name, path, config)
+    chain = _resolve_chain(chain, initial_peers, model_name, path, config, minimum=minimum)
     base = model.base_model if getattr(cls, "_is_causal", False) else model
     model._install_chain(chain, blocks.of(base), base)
     model._probe_block_output(model)
@@ -319,6 +332,8 @@ def _resolve_chain(
     model_name: str | None,
     path: Path,
     config: PretrainedConfig,
+    *,
+    minimum: str | None,
 ) -> Chain:
     """The given chain, or a chain of remote spans found through the swarm."""
     if chain is not None:
@@ -332,7 +347,9 @@ def _resolve_chain(
     peers = [p if isinstance(p, Address) else Address.parse(str(p)) for p in initial_peers]
     swarm = Swarm(peers)
     name = model_name or path.resolve().name
-    return RemoteChain(swarm, name, int(config.num_hidden_layers), owns_swarm=True)
+    return RemoteChain(
+        swarm, name, int(config.num_hidden_layers), owns_swarm=True, min_precision=minimum
+    )
 
 
 def _distributed_class(kind: Any, model_class: type) -> type:

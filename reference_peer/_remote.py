@@ -21,10 +21,10 @@ import torch
 import trio
 
 from petalproto.core import Address, ErrorCode, Identity, PeerId
-from petalproto.core._route import NoChain, SpanInfo, plan_chain
+from petalproto.core._route import NoChain, SpanInfo, parse_precision, plan_chain
 from petalproto.net import ConnectionPool, DhtService, RpcError, Stream, StreamReset
 
-from ._announce import spans_from_records, spans_key
+from ._announce import quantization_of, spans_from_records, spans_key
 from ._loop import LoopThread
 from ._tensors import tensor_from_wire, tensor_to_wire
 
@@ -146,8 +146,12 @@ class Swarm:
             except _PEER_FAULTS as exc:
                 log.info("peer %s did not answer: %r", address, exc)
                 return
-            if info.get("model") == model:
+            if not isinstance(info, dict) or info.get("model") != model:
+                return
+            try:
                 found.append(span_from_info(address, info))
+            except (KeyError, TypeError, ValueError) as exc:
+                log.info("peer %s answered peer.info with a malformed map: %r", address, exc)
 
         async with trio.open_nursery() as nursery:
             for address in self.initial_peers:
@@ -176,8 +180,11 @@ class Swarm:
         now = time.monotonic()
         return {peer for peer, (until, _) in self._backoff.items() if until > now}
 
-    async def plan(self, model: str, lo: int, hi: int) -> list[SpanInfo]:
-        """The cheapest chain over ``[lo, hi)``. Raises: NoChain."""
+    async def plan(
+        self, model: str, lo: int, hi: int, *, minimum: str | None = None
+    ) -> list[SpanInfo]:
+        """The cheapest chain over ``[lo, hi)`` through spans of precision ``minimum`` or
+        better (SPEC.md §13.8). Raises: NoChain."""
         spans = await self.spans(model)
         jitter = {s.peer_id: int.from_bytes(os.urandom(2), "big") / 65535 * 1e-4 for s in spans}
         try:
@@ -189,6 +196,7 @@ class Swarm:
                 latency=self.latency,
                 avoid=self.avoided(),
                 jitter=jitter,
+                minimum=minimum,
             )
         except NoChain as exc:
             raise self.explain(exc) from None
@@ -203,6 +211,7 @@ def span_from_info(address: Address, info: dict[str, Any]) -> SpanInfo:
         throughput=float(info.get("throughput") or 0.0),
         cache_tokens_free=info.get("cache_tokens_free"),
         dtype=str(info.get("dtype", "")),
+        quantization=quantization_of(info.get("quantization")),
     )
 
 
@@ -225,6 +234,9 @@ class RemoteChain:
         max_length: session length when ``reset`` names none.
         step_timeout: seconds one span may take for one step.
         max_retries: peer failures tolerated within one step.
+        min_precision: plan only through spans of this precision or better (SPEC.md
+            §13.8; a name of ``petalproto.core._route.PRECISIONS``), or None for any. A
+            chain may mix precisions: every server converts the hidden states it gets.
     """
 
     def __init__(
@@ -237,8 +249,10 @@ class RemoteChain:
         step_timeout: float = 60.0,
         max_retries: int = 4,
         owns_swarm: bool = False,
+        min_precision: str | None = None,
     ) -> None:
         self.swarm, self.model, self.num_blocks = swarm, model, num_blocks
+        self.min_precision = None if min_precision is None else parse_precision(min_precision)
         self.owns_swarm = owns_swarm
         self.default_max_length = max_length
         self._max_length = max_length
@@ -302,7 +316,9 @@ class RemoteChain:
 
     async def _forward(self, body: dict[str, Any]) -> dict[str, Any]:
         for _ in range(self.max_retries + 1):
-            chain = await self.swarm.plan(self.model, 0, self.num_blocks)
+            chain = await self.swarm.plan(
+                self.model, 0, self.num_blocks, minimum=self.min_precision
+            )
             try:
                 message = dict(body)
                 for span in chain:
@@ -358,7 +374,7 @@ class RemoteChain:
     async def _open(self, lo: int, hi: int) -> list[_Hop]:
         """Plan ``[lo, hi)`` and open a session on each span."""
         for _ in range(self.max_retries + 1):
-            chain = await self.swarm.plan(self.model, lo, hi)
+            chain = await self.swarm.plan(self.model, lo, hi, minimum=self.min_precision)
             hops: list[_Hop] = []
             try:
                 for span in chain:
@@ -368,7 +384,7 @@ class RemoteChain:
                 self._check_caller_fault(exc)
                 self.swarm.blame(chain[len(hops)].peer_id, exc)
                 await self._close_hops(hops)
-        raise self.swarm.explain(NoChain(self.model, [(lo, hi)]))
+        raise self.swarm.explain(NoChain(self.model, [(lo, hi)], minimum=self.min_precision))
 
     async def _open_one(self, span: SpanInfo) -> _Hop:
         peer = await self.swarm.pool.get(span.address)

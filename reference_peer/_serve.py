@@ -41,20 +41,23 @@ def _progress(enabled: bool, total: int) -> Any:
     )
 
 
-def load_span(args: argparse.Namespace, start: int, end: int) -> Any:
+def _dtype(args: argparse.Namespace) -> Any:
     import torch
 
+    # --dtype choices are torch dtype names
+    return None if args.dtype == "auto" else getattr(torch, args.dtype)
+
+
+def load_span(args: argparse.Namespace, start: int, end: int) -> Any:
     from ._spans import SpanModel
 
-    # --dtype choices are torch dtype names
-    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     span = SpanModel(
         args.model,
         start,
         end,
         device=args.device,
-        dtype=dtype,
-        quantization=args.quantize,
+        dtype=_dtype(args),
+        quantization=args.quantization,
         max_sessions=args.max_sessions,
     )
     span.cache_budget_bytes = args.cache_tokens * span.cache_bytes_per_token
@@ -73,8 +76,8 @@ def _load_span_or_fail(args: argparse.Namespace, start: int, end: int) -> Any:
         why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CommandFailed(
             f"cannot load blocks {start}:{end} of {args.model} on --device {args.device} "
-            f"(--dtype {args.dtype}, --quantize {args.quantize}): {type(exc).__name__}: {why} "
-            "(check --device, --dtype and --quantize)"
+            f"(--dtype {args.dtype}, quantization {args.quantization or 'none'}): "
+            f"{type(exc).__name__}: {why} (check --device, --dtype and --quantize)"
         ) from None
 
 
@@ -92,15 +95,73 @@ def serve_main(args: argparse.Namespace) -> int:
             f"argument --blocks: the model has {total} blocks; cannot serve "
             f"{args.blocks[0]}:{args.blocks[1]} (give START:END with END <= {total})"
         )
-    if args.num_blocks is not None and args.num_blocks > total:
+    if isinstance(args.num_blocks, int) and args.num_blocks > total:
         raise UsageError(
             f"argument --num-blocks: the model has {total} blocks; cannot serve "
-            f"{args.num_blocks} (give 1..{total})"
+            f"{args.num_blocks} (give 1..{total}, or auto)"
         )
     _check_device(args.device)
     load_identity(args.identity)  # a bad key file is a usage error before anything runs
     trio.run(_serve, args, model_name, total)
     return 0
+
+
+def _plan(args: argparse.Namespace) -> Any:
+    """SPEC.md §13.8 and ``_memory``: the quantization and block count to serve.
+
+    Raises:
+        CommandFailed: the checkpoint's weights cannot be read, or ``auto`` found nothing
+            that fits the device.
+    """
+    import importlib.util
+
+    from ._arch import load_config
+    from ._loading import Quantization, pick_device
+    from ._memory import (
+        DoesNotFit,
+        block_weight_bytes,
+        cache_bytes_per_token,
+        free_bytes,
+        plan_span,
+    )
+
+    config = load_config(args.model)
+    device, dtype = pick_device(args.device, _dtype(args))
+    wanted = None if args.quantize == "none" else args.quantize
+    options: list[Quantization | None]
+    if wanted == "auto":
+        # bitsandbytes quantizes on CUDA and on the CPU, not on MPS.
+        can_quantize = importlib.util.find_spec("bitsandbytes") and device.type != "mps"
+        options = [None, "int8", "nf4"] if can_quantize else [None]
+    else:
+        options = [wanted]
+    try:
+        weights = {
+            q: block_weight_bytes(Path(args.model), config, dtype=dtype, quantization=q)
+            for q in options
+        }
+    except (OSError, ValueError) as exc:
+        raise CommandFailed(f"cannot read the weights in {args.model}: {exc}") from None
+    start, count = (
+        (args.blocks[0], args.blocks[1] - args.blocks[0]) if args.blocks else (None, None)
+    )
+    if isinstance(args.num_blocks, int):
+        count = args.num_blocks
+    try:
+        return plan_span(
+            weights,
+            start=start,
+            count=count,
+            quantization=wanted,
+            cache_per_block=args.cache_tokens * cache_bytes_per_token(config, dtype),
+            free=free_bytes(device),
+            limit=args.memory,
+        )
+    except DoesNotFit as exc:
+        raise CommandFailed(
+            f"blocks of {args.model} do not fit {device} in {str(dtype).removeprefix('torch.')}: "
+            f"{exc} (give fewer --num-blocks, a smaller --cache-tokens, or another --device)"
+        ) from None
 
 
 def _check_device(device: str) -> None:
@@ -162,11 +223,14 @@ async def _serve(args: argparse.Namespace, model_name: str, total: int) -> None:
         dht = DhtService.for_node(node, initial_peers=initial)
         nursery.start_soon(watch_initial_peers, dht, others)
         await nursery.start(dht.run)
+        plan = _plan(args)
+        args.quantization, args.count = plan.quantization, plan.count
+        log.info("precision and size: %s", plan.why)
         if args.blocks:
             start, end = args.blocks
         else:
             known = spans_from_records(await dht.get(spans_key(model_name)), model_name)
-            start, end = choose_blocks(known, total, args.num_blocks)
+            start, end = choose_blocks(known, total, args.count)
         started = time.perf_counter()
         with _progress(not args.no_progress, 2) as bar:
             span = await run_in_own_thread(_load_span_or_fail, args, start, end)

@@ -126,6 +126,7 @@ class PeerServer:
             "num_blocks": int(self.span.full_config.num_hidden_layers),
             "hidden_size": self.span.hidden_size,
             "dtype": str(self.span.dtype).removeprefix("torch."),
+            "quantization": self.span.quantization,
             "device": self.span.device.type,
             "sessions": self.sessions,
             "max_sessions": self.span.max_sessions,

@@ -139,6 +139,8 @@ class SpanModel:
             raise WrongSpan(f"span [{start}, {end}) is outside the model's {total} blocks")
         self.start, self.end = start, end
         self.device, self.dtype = pick_device(device, dtype)
+        #: bitsandbytes quantization of the span's linear layers (SPEC.md §13.8), or None.
+        self.quantization: Quantization | None = quantization
         self.config: PretrainedConfig = _arch.cut_config(self.full_config, start, end, span=True)
         self.hidden_size = int(self.full_config.hidden_size)
         self.model, where = load_span_model(

@@ -196,6 +196,7 @@ _INFO_SCHEMA: Final[dict[str, tuple[Callable[[Any], bool], str]]] = {
     "num_blocks": (_int, "int"),
     "hidden_size": (_int, "int"),
     "dtype": (lambda v: isinstance(v, str), "text"),
+    "quantization": (lambda v: v is None or isinstance(v, str), "text or nil"),
     "device": (lambda v: isinstance(v, str), "text"),
     "sessions": (_int, "int"),
     "max_sessions": (lambda v: v is None or _int(v), "int or nil"),
@@ -203,6 +204,22 @@ _INFO_SCHEMA: Final[dict[str, tuple[Callable[[Any], bool], str]]] = {
     "throughput": (lambda v: isinstance(v, float), "float"),
     "version": (lambda v: isinstance(v, str), "text"),
 }
+
+
+#: SPEC.md §13.8: what ``dtype`` and ``quantization`` may be.
+INFO_DTYPES: Final = ("float32", "bfloat16", "float16")
+INFO_QUANTIZATIONS: Final = (None, "int8", "nf4")
+
+
+def precision_problem(body: dict[str, Any]) -> str:
+    """What breaks SPEC.md §13.8 in a ``peer.info`` answer's precision ("" if nothing)."""
+    if body.get("dtype") not in INFO_DTYPES:
+        return f"dtype {_short(body.get('dtype'))} is not one of {', '.join(INFO_DTYPES)}"
+    if "quantization" not in body:
+        return "no 'quantization'"
+    if body["quantization"] not in INFO_QUANTIZATIONS:
+        return f"quantization {_short(body['quantization'])} is not nil, 'int8' or 'nf4'"
+    return ""
 
 
 def info_problem(body: Any) -> str:

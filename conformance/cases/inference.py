@@ -15,13 +15,16 @@ against a target whose ``peer.info`` announces that limit (``max_sessions``,
 
 from __future__ import annotations
 
+import hashlib
 import math
+import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import trio
 
-from petalproto.core import ErrorCode
+from petalproto.core import ErrorCode, PeerId
+from petalproto.core.dht import RecordRejected, parse_record, validate_record
 
 from .._harness import QUOTE_GAP, CaseContext, Outcome
 from ._inference_common import (
@@ -40,6 +43,7 @@ from ._inference_common import (
     inference_case,
     info_problem,
     int_tensor,
+    precision_problem,
     relative_error,
     session_capacity,
     span_of,
@@ -70,11 +74,16 @@ R_13_2_IDS = (
 )
 R_13_3 = (
     "Response: a map with `model` (text), `start`, `end`, `num_blocks` (the model's block "
-    "count), `hidden_size` (the width of the hidden states it takes), `dtype` (text), `device` "
-    "(text), `sessions` and `max_sessions` (ints; `max_sessions` may be nil), "
-    "`cache_tokens_free` (int or nil), `throughput` (tokens per second through the span, "
-    "float) and `version` (text)."
+    "count), `hidden_size` (the width of the hidden states it takes), `dtype` and "
+    "`quantization` (its precision, §13.8), `device` (text), `sessions` and `max_sessions` "
+    "(ints; `max_sessions` may be nil), `cache_tokens_free` (int or nil), `throughput` "
+    "(tokens per second through the span, float) and `version` (text)."
 )
+R_13_8_INFO = (
+    "A server MUST answer `peer.info` with these two keys and values from these lists, and "
+    "MUST answer every step and `inference.forward` in the dtype it names (§13.2)."
+)
+R_13_8_ANNOUNCED = "Its announcement (§13.7) MUST carry the same two values;"
 R_10_1 = (
     "A callee MUST answer a request it cannot parse or that breaks the call's schema with "
     "RESET of code BAD_REQUEST (or the more specific code the call's section names)."
@@ -385,6 +394,73 @@ async def info_fields(ctx: CaseContext, client: InferenceClient) -> Outcome:
         if problem := info_problem(reply.body):
             return ctx.violated(f"peer.info: {problem}")
     return ctx.passed(f"peer.info {first.describe()}")
+
+
+# §13.8 ----------------------------------------------------------------------------------------
+
+
+@inference_case(
+    "13.8/1",
+    description="peer.info's precision, then inference.forward of float32 and of bfloat16 "
+    "hidden states",
+    requirement=R_13_8_INFO,
+    expected="dtype float32, bfloat16 or float16 and quantization nil, int8 or nf4; both "
+    "answers in that dtype",
+)
+async def precision_named_and_kept(ctx: CaseContext, client: InferenceClient) -> Outcome:
+    first = client.first_info
+    assert first is not None and isinstance(first.body, dict)
+    if problem := precision_problem(first.body):
+        return ctx.violated(f"peer.info: {problem}")
+    info = client.target
+    for dtype in ("float32", "bfloat16"):
+        reply = await client.call(FORWARD, forward_body(info, dtype=dtype))
+        if problem := _shape_problem(reply, [1, 3, info.hidden_size], info):
+            return ctx.violated(f"forward of {dtype} hidden states: {problem}")
+    quantization = first.body["quantization"]
+    return ctx.passed(f"dtype {info.dtype}, quantization {quantization}; answers in {info.dtype}")
+
+
+@inference_case(
+    "13.8/2",
+    description="dht.get of the model's announcement key (§13.7) on the target, for the "
+    "target's own announcement",
+    requirement=R_13_8_ANNOUNCED,
+    expected="the target's own announcement, if it holds one, names peer.info's dtype and "
+    "quantization (INFO when it holds none or serves no DHT)",
+)
+async def precision_announced(ctx: CaseContext, client: InferenceClient) -> Outcome:
+    first = client.first_info
+    assert first is not None and isinstance(first.body, dict)
+    hello = client.session.hello
+    assert hello is not None
+    key = hashlib.sha256(b"petalproto/spans/v1:" + client.target.model.encode()).digest()
+    reply = await client.call("dht.get", {"key": key})
+    if reply.kind != "answer" or not isinstance(reply.body, dict):
+        return ctx.info(f"dht.get: {reply.describe()} (no DHT to read the announcement from)")
+    own = _own_announcement(reply.body.get("records"), hello.peer_id)
+    if own is None:
+        return ctx.info("the target holds no announcement of its own under the model's key")
+    wanted = {k: first.body.get(k) for k in ("dtype", "quantization")}
+    found = {k: own.get(k) for k in ("dtype", "quantization")}
+    if found != wanted:
+        return ctx.violated(f"the announcement names {found}, peer.info {wanted}")
+    return ctx.passed(f"the announcement names {found}, as peer.info does")
+
+
+def _own_announcement(records: Any, publisher: PeerId) -> dict[str, Any] | None:
+    """The value of the valid record among ``records`` that ``publisher`` signed, if any."""
+    if not isinstance(records, list):
+        return None
+    for wire in records:
+        try:
+            record = parse_record(wire)
+            validate_record(record, time.time())
+        except RecordRejected:
+            continue
+        if record.publisher == publisher and isinstance(record.value, dict):
+            return record.value
+    return None
 
 
 # §13.4 ----------------------------------------------------------------------------------------

@@ -212,9 +212,20 @@ def _announcement(record: Record) -> dict[str, Any]:
         "throughput": throughput / 1000 if type(throughput) is int else None,
         "cache_tokens_free": value.get("cache_tokens_free"),
         "dtype": value.get("dtype"),
+        "quantization": value.get("quantization"),
+        "precision": _precision(value.get("dtype"), value.get("quantization")),
         "seq": record.seq,
         "expires_in_s": round(record.expires - time.time(), 1),
     }
+
+
+def _precision(dtype: Any, quantization: Any) -> str | None:
+    """SPEC.md §13.8: the quantization when there is one, else the dtype (None if neither
+    is text)."""
+    for value in (quantization, dtype):
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 def model_report(model: str, records: list[Record]) -> dict[str, Any]:
@@ -291,11 +302,21 @@ def _render_table(contacts: list[dict[str, Any]]) -> list[str]:
     return [head, *_table(rows)]
 
 
+def _render_precision(server: dict[str, Any]) -> str:
+    """``bfloat16``, or a quantization with its compute dtype: ``nf4 (bfloat16)``."""
+    precision, dtype = server.get("precision"), server.get("dtype")
+    if precision is None:
+        return "-"
+    if precision != dtype and isinstance(dtype, str) and dtype:
+        return f"{precision} ({dtype})"
+    return str(precision)
+
+
 def _render_model(model: dict[str, Any]) -> list[str]:
     servers = model["servers"]
     lines = [f"model {model['name']!r} (key {model['key'][:16]}…): {len(servers)} server(s)"]
     if servers:
-        rows = [["peer id", "address", "blocks", "tok/s", "cache free", "dtype", "expires in"]]
+        rows = [["peer id", "address", "blocks", "tok/s", "cache free", "precision", "expires in"]]
         for s in servers:
             tput = "-" if s["throughput"] is None else f"{s['throughput']:.1f}"
             cache = "-" if s["cache_tokens_free"] is None else str(s["cache_tokens_free"])
@@ -307,7 +328,7 @@ def _render_model(model: dict[str, Any]) -> list[str]:
                     f"{s['start']}:{s['end']}",
                     tput,
                     cache,
-                    str(s["dtype"] or "-"),
+                    _render_precision(s),
                     f"{s['expires_in_s']:.0f} s",
                 ]
             )

@@ -11,6 +11,10 @@ caller-supplied jitter so that equal chains share the load.  Dijkstra's algorith
 the cheapest chain.  Peers in backoff are left out; when no chain exists the error names the
 first block that nothing reachable covers.
 
+Spans below a minimum precision (SPEC.md §13.8) are left out too: a span's precision is its
+quantization when it has one, else its dtype, ranked ``float32`` > ``bfloat16`` = ``float16``
+> ``int8`` > ``nf4``.
+
 Pure functions over plain data: the caller measures latencies, tracks backoff and draws the
 jitter.
 """
@@ -24,7 +28,15 @@ from dataclasses import dataclass
 from ._address import Address
 from ._identity import PeerId
 
-__all__ = ["NoChain", "SpanInfo", "choose_blocks", "plan_chain"]
+__all__ = [
+    "PRECISIONS",
+    "NoChain",
+    "SpanInfo",
+    "choose_blocks",
+    "parse_precision",
+    "plan_chain",
+    "precision_rank",
+]
 
 #: Latency assumed for a peer we have not measured yet, in seconds.
 DEFAULT_LATENCY = 0.005
@@ -32,18 +44,47 @@ DEFAULT_LATENCY = 0.005
 DEFAULT_STEP_TIME = 0.05
 
 
+#: SPEC.md §13.8: every precision and its rank (higher is more precise).
+PRECISIONS: dict[str, int] = {"float32": 3, "bfloat16": 2, "float16": 2, "int8": 1, "nf4": 0}
+#: Short names a user may give for a precision.
+_ALIASES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+
+
+def parse_precision(text: str) -> str:
+    """The precision a user's text names (``"bf16"`` is ``"bfloat16"``).
+
+    Raises:
+        ValueError: the text names no precision of SPEC.md §13.8.
+    """
+    name = _ALIASES.get(text, text)
+    if name not in PRECISIONS:
+        known = ", ".join([*PRECISIONS, *_ALIASES])
+        raise ValueError(f"unknown precision {text!r} (give one of {known})")
+    return name
+
+
+def precision_rank(name: str) -> int:
+    """The rank of a precision, -1 for a text §13.8 does not know (below every other)."""
+    return PRECISIONS.get(name, -1)
+
+
 class NoChain(LookupError):
     """No chain of reachable spans covers the blocks.
 
     Attributes:
         missing: the block ranges ``(start, end)`` that no usable span reaches.
+        minimum: the precision the spans had to meet, if any.
     """
 
-    def __init__(self, model: str, missing: list[tuple[int, int]]) -> None:
+    def __init__(
+        self, model: str, missing: list[tuple[int, int]], *, minimum: str | None = None
+    ) -> None:
         ranges = ", ".join(f"{a}:{b}" for a, b in missing)
-        super().__init__(f"no peer serves blocks {ranges} of {model!r}")
+        at = f" at {minimum} or better" if minimum else ""
+        super().__init__(f"no peer serves blocks {ranges} of {model!r}{at}")
         self.model = model
         self.missing = missing
+        self.minimum = minimum
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,10 +98,16 @@ class SpanInfo:
     throughput: float = 0.0
     cache_tokens_free: int | None = None
     dtype: str = ""
+    quantization: str | None = None
 
     @property
     def peer_id(self) -> PeerId:
         return self.address.peer_id
+
+    @property
+    def precision(self) -> str:
+        """SPEC.md §13.8: the quantization when there is one, else the dtype."""
+        return self.quantization or self.dtype
 
 
 def _cost(span: SpanInfo, latency: Mapping[PeerId, float], jitter: Mapping[PeerId, float]) -> float:
@@ -77,6 +124,7 @@ def plan_chain(
     latency: Mapping[PeerId, float] | None = None,
     avoid: Iterable[PeerId] = (),
     jitter: Mapping[PeerId, float] | None = None,
+    minimum: str | None = None,
 ) -> list[SpanInfo]:
     """The cheapest chain of spans from block ``lo`` to block ``hi``.
 
@@ -87,20 +135,29 @@ def plan_chain(
         latency: measured round-trip seconds per peer.
         avoid: peers not to use (backoff, known failures).
         jitter: extra cost per peer, drawn by the caller to spread load.
+        minimum: a precision (``PRECISIONS``, or a short name such as ``"bf16"``) every
+            span must meet, or None for any.
 
     Returns:
         Spans in block order; the first starts at ``lo``, the last ends at ``hi``.
 
     Raises:
         NoChain: the usable spans leave a gap.
-        ValueError: ``lo >= hi``.
+        ValueError: ``lo >= hi``, or ``minimum`` names no precision.
     """
     if lo >= hi:
         raise ValueError("need lo < hi")
     banned = set(avoid)
+    if minimum is not None:
+        minimum = parse_precision(minimum)
+    floor = precision_rank(minimum) if minimum is not None else -1
     by_start: dict[int, list[SpanInfo]] = {}
     for span in spans:
-        if span.peer_id not in banned and lo <= span.start < span.end <= hi:
+        if (
+            span.peer_id not in banned
+            and lo <= span.start < span.end <= hi
+            and precision_rank(span.precision) >= floor
+        ):
             by_start.setdefault(span.start, []).append(span)
     latency, jitter = latency or {}, jitter or {}
     best: dict[int, float] = {lo: 0.0}
@@ -120,7 +177,7 @@ def plan_chain(
                 heapq.heappush(queue, (total, span.end))
     if hi not in came:
         reached = max(best)
-        raise NoChain(model, [(reached, hi)])
+        raise NoChain(model, [(reached, hi)], minimum=minimum)
     chain = []
     block = hi
     while block != lo:

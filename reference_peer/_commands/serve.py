@@ -26,6 +26,29 @@ def parse_blocks(text: str) -> tuple[int, int]:
     return int(start), int(end)
 
 
+def parse_num_blocks(text: str) -> int | str:
+    """An argparse type: ``auto`` or a positive integer."""
+    return "auto" if text == "auto" else positive_int()(text)
+
+
+_SIZE = re.compile(r"(?P<number>\d+(?:\.\d+)?)\s*(?P<unit>[KMGT]i?B|B)?", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12}
+_UNITS |= {"kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """An argparse type: a positive number of bytes, with an optional unit (``6GiB``)."""
+    match = _SIZE.fullmatch(text.strip())
+    size = 0
+    if match is not None:
+        size = int(float(match["number"]) * _UNITS[(match["unit"] or "").lower()])
+    if size <= 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a size such as 6GiB, 800MB or 1048576, got {text!r}"
+        )
+    return size
+
+
 def parse_device(text: str) -> str:
     """An argparse type: ``auto``, ``cpu``, ``mps``, ``cuda`` or ``cuda:N``."""
     if not _DEVICE.fullmatch(text):
@@ -48,22 +71,42 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="the model's name in the swarm (default: the directory's name)",
     )
-    which = parser.add_mutually_exclusive_group(required=True)
+    which = parser.add_mutually_exclusive_group()
     which.add_argument("--blocks", type=parse_blocks, metavar="A:B", help="serve blocks [A, B)")
     which.add_argument(
         "--num-blocks",
-        type=positive_int(),
+        type=parse_num_blocks,
+        default="auto",
         metavar="N",
-        help="serve N blocks where the swarm is thinnest",
+        help="serve N blocks where the swarm is thinnest; auto (the default): as many as fit "
+        "the device's free memory after room for the attention cache",
     )
     add_node_arguments(parser)
     parser.add_argument(
         "--device", type=parse_device, default="auto", help="auto, cpu, mps, cuda, cuda:N"
     )
     parser.add_argument(
-        "--dtype", default="auto", choices=["auto", "float32", "float16", "bfloat16"]
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "float16", "bfloat16"],
+        help="compute dtype; auto (the default): bfloat16 on GPUs that support it, float16 on "
+        "older GPUs, float32 on CPUs",
     )
-    parser.add_argument("--quantize", choices=["int8", "nf4"], help="bitsandbytes quantization")
+    parser.add_argument(
+        "--quantize",
+        default="auto",
+        choices=["auto", "none", "int8", "nf4"],
+        help="bitsandbytes quantization of the linear layers; auto (the default): none when "
+        "the blocks fit the device's free memory, else int8, else nf4",
+    )
+    parser.add_argument(
+        "--memory",
+        type=parse_size,
+        default=None,
+        metavar="SIZE",
+        help="the most device memory to plan with, such as 6GiB or 800MB (default: what is "
+        "free); --quantize auto and --num-blocks auto fit the blocks in it",
+    )
     parser.add_argument(
         "--max-sessions",
         type=positive_int(),

@@ -10,12 +10,27 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from petalproto.core import Address, Identity
-from petalproto.core._route import NoChain, SpanInfo, plan_chain
+from petalproto.core._route import (
+    PRECISIONS,
+    NoChain,
+    SpanInfo,
+    parse_precision,
+    plan_chain,
+    precision_rank,
+)
 
 
-def span(start: int, end: int, throughput: float = 10.0) -> SpanInfo:
+def span(
+    start: int,
+    end: int,
+    throughput: float = 10.0,
+    *,
+    dtype: str = "float32",
+    quantization: str | None = None,
+) -> SpanInfo:
     peer = Identity.from_seed(os.urandom(32)).peer_id
-    return SpanInfo(Address(peer, "127.0.0.1", 4000), "m", start, end, throughput)
+    address = Address(peer, "127.0.0.1", 4000)
+    return SpanInfo(address, "m", start, end, throughput, dtype=dtype, quantization=quantization)
 
 
 def test_single_span_covers_everything() -> None:
@@ -92,3 +107,45 @@ def test_choose_blocks_fills_the_thinnest_part() -> None:
     assert choose_blocks([span(0, 30), span(0, 10)], 30, 10) in {(10, 20), (20, 30)}
     with pytest.raises(ValueError):
         choose_blocks([], 30, 31)
+
+
+def test_precision_is_the_quantization_else_the_dtype() -> None:
+    assert span(0, 1, dtype="bfloat16").precision == "bfloat16"
+    assert span(0, 1, dtype="bfloat16", quantization="nf4").precision == "nf4"
+    ranks = [precision_rank(p) for p in ("float32", "bfloat16", "float16", "int8", "nf4")]
+    assert ranks == [3, 2, 2, 1, 0] == sorted(PRECISIONS.values(), reverse=True)
+    assert precision_rank("float64") == precision_rank("") == -1  # unknown: below all
+
+
+def test_parse_precision_takes_names_and_short_names() -> None:
+    assert [parse_precision(t) for t in ("bf16", "fp16", "fp32", "int8", "nf4")] == [
+        "bfloat16",
+        "float16",
+        "float32",
+        "int8",
+        "nf4",
+    ]
+    with pytest.raises(ValueError, match=r"unknown precision 'int4'.*bf16"):
+        parse_precision("int4")
+
+
+def test_a_minimum_precision_plans_through_spans_at_or_above_it() -> None:
+    fast_nf4 = span(0, 8, 1000.0, dtype="bfloat16", quantization="nf4")
+    int8 = span(0, 4, 100.0, quantization="int8")
+    bf16, fp16 = span(0, 4, 10.0, dtype="bfloat16"), span(4, 8, 10.0, dtype="float16")
+    fp32 = span(4, 8, 1.0)
+    every = [fast_nf4, int8, bf16, fp16, fp32]
+    assert plan_chain(every, 0, 8) == [fast_nf4]
+    assert plan_chain(every, 0, 8, minimum="int8") == [int8, fp16]
+    assert plan_chain(every, 0, 8, minimum="bfloat16") == [bf16, fp16]  # mixed dtypes
+    assert plan_chain(every, 0, 8, minimum="float16") == [bf16, fp16]
+    assert plan_chain(every, 0, 8, minimum="fp16") == [bf16, fp16]
+    with pytest.raises(ValueError, match="unknown precision"):
+        plan_chain(every, 0, 8, minimum="fp8")
+    with pytest.raises(NoChain, match="blocks 0:8 of 'm' at float32 or better") as caught:
+        plan_chain(every, 0, 8, model="m", minimum="float32")
+    assert caught.value.minimum == "float32"
+    unknown = span(0, 8, 1000.0, dtype="float64")
+    assert plan_chain([unknown], 0, 8) == [unknown]
+    with pytest.raises(NoChain):
+        plan_chain([unknown], 0, 8, minimum="nf4")

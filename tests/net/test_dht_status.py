@@ -55,7 +55,7 @@ def test_model_report_decodes_announcements() -> None:
     records = [
         _announce(_identity(), "m", _span(0, 10)),
         _announce(_identity(), "m", _span(5, 12)),
-        _announce(_identity(), "m", _span(20, 30)),
+        _announce(_identity(), "m", _span(20, 30, dtype="bfloat16", quantization="nf4")),
         _announce(_identity(), "m", None),
         _announce(_identity(), "m", {**_span(0, 5), "addr": f"{someone.peer_id}@h:1"}),
         _announce(_identity(), "m", _span(7, 7)),
@@ -84,6 +84,10 @@ def test_model_report_decodes_announcements() -> None:
     assert "blocks covered: 0:12, 20:30" in text
     assert "gaps: 12:20" in text
     assert "withdrawn:" in text
+    # SPEC.md §13.8: the precision is the quantization, else the dtype.
+    assert [s["precision"] for s in report["servers"]] == ["float32", "float32", "nf4"]
+    assert "precision" in text
+    assert "nf4 (bfloat16)" in text
 
 
 async def test_collect_reports_table_records_and_model() -> None:

@@ -25,8 +25,9 @@ import trio
 
 from conformance import Case, Level, Options, Result, Verdict, load_cases, run_cases
 from petalproto.core import Address, ErrorCode, Identity
-from petalproto.net import CallContext, Node, RpcError, Stream
+from petalproto.net import CallContext, DhtService, Node, RpcError, Stream
 from reference_peer import SpanModel
+from reference_peer._announce import announcement
 from reference_peer._errors import BadTensor
 from reference_peer._server import MAX_TENSOR_BYTES, PeerServer, _rows
 from reference_peer._spans import SpanSession
@@ -56,6 +57,7 @@ class Faults:
     repair_shapes: bool = False  # bends disagreeing tensors into shape instead of refusing
     strict_dtypes: bool = False  # takes only float32 hidden states and int64 ids
     info_changes: dict[str, Any] = dataclasses.field(default_factory=dict)
+    announced_changes: dict[str, Any] = dataclasses.field(default_factory=dict)  # §13.7
     check_info_request: bool = True
     last_token_only: bool = False  # forward answers the last token only
     stateful_forward: bool = False  # forward runs through one long-lived cache
@@ -288,11 +290,20 @@ def _span(path: Path, *, max_sessions: int | None, budget: bool) -> SpanModel:
     return span
 
 
-async def _start(swarm: InProcessSwarm, server: PeerServer) -> Address:
+async def _start(
+    swarm: InProcessSwarm, server: PeerServer, announced: dict[str, Any] | None = None
+) -> Address:
+    """Serve ``server`` on a node that is a DHT of one, holding its own announcement
+    (SPEC.md §13.7) of ``server.info()`` with ``announced`` applied."""
     node = Node(Identity.from_seed(os.urandom(32)))
     server.register(node.router)
     assert swarm.loop.nursery is not None
     started: Node = await swarm.loop.nursery.start(node.run)
+    dht = DhtService.for_node(started)
+    await swarm.loop.nursery.start(dht.run)
+    info = {**server.info(), **(announced or {})}
+    record = announcement(started.identity, server.model, info, started.address)
+    await dht.publish(record, attempts=1)
     return started.address
 
 
@@ -319,7 +330,7 @@ def serve(
         announced["cache_tokens_free"] = CACHE_TOKENS
     changes = {**announced, **faults.info_changes}
     broken = BrokenServer(span, dataclasses.replace(faults, info_changes=changes))
-    return swarm.loop.run(_start, swarm, broken)
+    return swarm.loop.run(_start, swarm, broken, faults.announced_changes)
 
 
 def inference_cases() -> list[Case]:
@@ -375,6 +386,8 @@ BREAKERS: dict[str, Faults] = {
     "13.5/18": Faults(free_on_reset=False),
     "13.5/19": Faults(opening_checked_with_first_step=True),
     **_span_of("13.4", 3, 5, Faults(missing_tensor_is_bad_request=True)),
+    "13.8/1": Faults(info_changes={"quantization": "int4"}),
+    "13.8/2": Faults(announced_changes={"quantization": "nf4"}),
 }
 
 
