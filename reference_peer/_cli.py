@@ -38,12 +38,12 @@ def default_model() -> Path:
         raise CommandFailed(f"no default model: {exc} (or give --model PATH)") from None
 
 
-def _open(path: Path, peers: list[Any], name: str | None) -> Any:
+def _open(path: Path, peers: list[Any], name: str | None, minimum: str | None = None) -> Any:
     from . import DistributedModelForCausalLM
 
     try:
         return DistributedModelForCausalLM.from_pretrained(
-            path, initial_peers=peers, model_name=name
+            path, initial_peers=peers, model_name=name, min_precision=minimum
         )
     except ConnectionError as exc:
         raise CommandFailed(f"{exc} (is the swarm running? check --initial-peers)") from None
@@ -176,7 +176,7 @@ def chat_ids(tokenizer: Any, messages: list[dict[str, str]]) -> torch.Tensor:
 
 def generate_main(args: argparse.Namespace) -> int:
     path, tokenizer, peers = _client_setup(args)
-    model = _open(path, peers, args.model_name)
+    model = _open(path, peers, args.model_name, args.min_precision)
     try:
         if args.raw:
             ids = tokenizer(args.prompt, return_tensors="pt")["input_ids"]
@@ -190,7 +190,7 @@ def generate_main(args: argparse.Namespace) -> int:
 
 def chat_main(args: argparse.Namespace) -> int:
     path, tokenizer, peers = _client_setup(args)
-    model = _open(path, peers, args.model_name)
+    model = _open(path, peers, args.model_name, args.min_precision)
     messages = [{"role": "system", "content": args.system}] if args.system else []
     try:
         while True:

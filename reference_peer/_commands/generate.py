@@ -52,6 +52,13 @@ def add_client_arguments(parser: argparse.ArgumentParser) -> None:
         "--top-p", type=bounded_float(0.0, 1.0, low_open=True), default=1.0, help="in (0, 1]"
     )
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--min-precision",
+        choices=["float32", "fp32", "bfloat16", "bf16", "float16", "fp16", "int8", "nf4"],
+        default=None,
+        help="use only spans of this precision or better (float32 > bfloat16 = float16 > "
+        "int8 > nf4); by default any",
+    )
 
 
 def check_swarm(args: argparse.Namespace) -> None:

@@ -233,3 +233,21 @@ def test_a_chain_may_mix_precisions(
         finally:
             chain.close()
             swarm.close()
+
+
+@pytest.mark.slow
+def test_petal_generate_with_a_minimum_names_it_when_no_chain_meets_it(
+    quantized: LocalSwarm,
+) -> None:
+    argv = ["generate", "--prompt", "hi", "--raw", "--max-new-tokens", "2"]
+    argv += ["--initial-peers", str(quantized.dht), "--model", str(quantized.model_path)]
+    done = subprocess.run(
+        [sys.executable, "-m", "petalproto.cli", *argv, "--min-precision", "bf16"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 1, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert "blocks 0:6" in last and "at bfloat16 or better" in last
