@@ -7,7 +7,7 @@ from typing import Any
 
 from petalproto._commands._common import positive_int
 
-from . import prepare_torch
+from . import add_tokens_argument, prepare_torch
 
 #: The one-line help of this kind.
 HELP = "the default model through local peers"
@@ -15,9 +15,7 @@ HELP = "the default model through local peers"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--peers", type=positive_int(), default=3, help="swarm: peer processes")
-    parser.add_argument(
-        "--tokens", type=positive_int(), default=None, help="swarm: tokens to generate"
-    )
+    add_tokens_argument(parser)
 
 
 def bench(args: argparse.Namespace) -> dict[str, Any]:
