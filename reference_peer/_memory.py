@@ -244,31 +244,23 @@ def plan_span(
         heaviest = max(sum(sizes[i : i + n]) for i in range(total - n + 1))
         return heaviest + n * cache_per_block
 
-    if count is not None:
-        for q in choices:
-            if need(q, count) <= usable or not auto:
-                why = (
-                    f"{count} blocks at {q or 'full precision'} need {_size(need(q, count))} "
-                    f"of {_size(usable)} usable ({_size(free)} free)"
-                )
-                return Plan(count, q, need(q, count), free, why)
-        raise DoesNotFit(
-            f"{count} blocks need {_size(need(choices[-1], count))} even at "
-            f"{choices[-1] or 'full precision'}, and {_size(usable)} are usable "
-            f"({_size(free)} free)"
-        )
+    def fitting(q: Quantization | None) -> int:
+        """How many blocks fit at ``q``: ``count`` or 0 when it is fixed, else the most."""
+        if count is not None:
+            return count if need(q, count) <= usable else 0
+        return max((n for n in range(1, total + 1) if need(q, n) <= usable), default=0)
+
+    room = f"{_size(usable)} usable ({_size(free)} free)"
     for q in choices:
-        fitting = [n for n in range(1, total + 1) if need(q, n) <= usable]
-        if fitting or not auto:
-            n = max(fitting, default=1)
-            why = (
-                f"{n} of {total} blocks fit at {q or 'full precision'}: "
-                f"{_size(need(q, n))} of {_size(usable)} usable "
-                f"({_size(free)} free)"
-            )
+        n = fitting(q)
+        if n or not auto:
+            n = n or count or 1
+            what = f"{n} blocks" if count is not None else f"{n} of {total} blocks"
+            why = f"{what} fit at {q or 'full precision'}: {_size(need(q, n))} of {room}"
             return Plan(n, q, need(q, n), free, why)
-    raise DoesNotFit(
-        f"not even one block fits: it needs {_size(need(choices[-1], 1))} at "
-        f"{choices[-1] or 'full precision'}, and {_size(usable)} are usable "
-        f"({_size(free)} free)"
-    )
+    smallest = choices[-1] or "full precision"
+    if count is None:
+        what = f"not even one block fits: it needs {_size(need(choices[-1], 1))}"
+    else:
+        what = f"{count} blocks need {_size(need(choices[-1], count))} even"
+    raise DoesNotFit(f"{what} at {smallest}, and {room}")
