@@ -139,12 +139,16 @@ def stream_reply(
 def _swarm_failed(exc: BaseException) -> CommandFailed | None:
     """A swarm failure (no chain, a peer's error) as one line, or None for anything else."""
     from ._errors import PeerError
-    from ._remote import NoChain
+    from ._remote import _PEER_FAULTS, NoChain
 
     if isinstance(exc, NoChain):
         return CommandFailed(f"{exc} (start 'petal serve' for those blocks, or check --model-name)")
     if isinstance(exc, PeerError | RpcError):
         return CommandFailed(f"the swarm failed: {exc} (try again; -v logs the peers' errors)")
+    if isinstance(exc, _PEER_FAULTS):
+        # The peers failed more often than the client retries within one step.
+        why = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        return CommandFailed(f"the swarm failed: {why} (try again; -v logs the peers' errors)")
     return None
 
 

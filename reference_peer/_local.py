@@ -108,6 +108,8 @@ class _ChainClient:
         device: str | torch.device = "cpu",
         dtype: torch.dtype | None = None,
         min_precision: str | None = None,
+        step_timeout: float | None = None,
+        max_retries: int | None = None,
     ) -> Self:
         """Load the client's part of a checkpoint (embeddings; for a causal LM also the final
         norm and head; for an encoder its pooler) and attach a chain.
@@ -123,6 +125,10 @@ class _ChainClient:
                 precision or better (SPEC.md §13.8): ``"float32"``, ``"bfloat16"`` (or
                 ``"bf16"``), ``"float16"`` (``"fp16"``), ``"int8"`` or ``"nf4"``; by
                 default any.
+            step_timeout: with ``initial_peers``, seconds one span may take for one step
+                before the client replaces it (default 60).
+            max_retries: with ``initial_peers``, peer failures tolerated within one step
+                (default 4).
 
         Returns:
             The model, in eval mode. ``close()`` releases its chain (and swarm).
@@ -142,7 +148,11 @@ class _ChainClient:
             model_name=model_name,
             device=device,
             dtype=dtype,
-            min_precision=min_precision,
+            remote={
+                "min_precision": min_precision,
+                "step_timeout": step_timeout,
+                "max_retries": max_retries,
+            },
         )
         assert isinstance(model, cls)
         return model
@@ -307,19 +317,23 @@ def _build(
     model_name: str | None,
     device: str | torch.device,
     dtype: torch.dtype | None,
-    min_precision: str | None,
+    remote: dict[str, Any],
 ) -> Any:
-    """Load a checkpoint's client parts as ``cls`` and attach the chain of its blocks."""
+    """Load a checkpoint's client parts as ``cls`` and attach the chain of its blocks.
+
+    ``remote`` holds the ``RemoteChain`` options the caller set (None for the default)."""
     from petalproto.core._route import parse_precision
 
-    minimum = None if min_precision is None else parse_precision(min_precision)
-    if minimum is not None and chain is not None:
-        raise ValueError("min_precision applies to the swarm's spans: give initial_peers")
+    remote = {name: value for name, value in remote.items() if value is not None}
+    if remote and chain is not None:
+        raise ValueError(f"{', '.join(remote)} apply to the swarm's spans: give initial_peers")
+    if "min_precision" in remote:
+        remote["min_precision"] = parse_precision(remote["min_precision"])
     model: Any
     model, blocks, config = load_client_model(path, auto, device=device, dtype=dtype)
     model.__class__ = _distributed_class(cls, type(model))
     model.full_config = config
-    chain = _resolve_chain(chain, initial_peers, model_name, path, config, minimum=minimum)
+    chain = _resolve_chain(chain, initial_peers, model_name, path, config, remote=remote)
     base = model.base_model if getattr(cls, "_is_causal", False) else model
     model._install_chain(chain, blocks.of(base), base)
     model._probe_block_output(model)
@@ -333,7 +347,7 @@ def _resolve_chain(
     path: Path,
     config: PretrainedConfig,
     *,
-    minimum: str | None,
+    remote: dict[str, Any],
 ) -> Chain:
     """The given chain, or a chain of remote spans found through the swarm."""
     if chain is not None:
@@ -347,9 +361,7 @@ def _resolve_chain(
     peers = [p if isinstance(p, Address) else Address.parse(str(p)) for p in initial_peers]
     swarm = Swarm(peers)
     name = model_name or path.resolve().name
-    return RemoteChain(
-        swarm, name, int(config.num_hidden_layers), owns_swarm=True, min_precision=minimum
-    )
+    return RemoteChain(swarm, name, int(config.num_hidden_layers), owns_swarm=True, **remote)
 
 
 def _distributed_class(kind: Any, model_class: type) -> type:

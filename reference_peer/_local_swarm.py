@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -165,6 +166,17 @@ class LocalSwarm:
         proc.popen.kill()
         proc.popen.wait()
 
+    def pause(self, address: Address) -> None:
+        """Freeze the peer at ``address`` (SIGSTOP): it keeps its connections and answers
+        nothing, like a hung host."""
+        proc = next(p for p in self._procs if p.address == address)
+        proc.popen.send_signal(signal.SIGSTOP)
+
+    def resume(self, address: Address) -> None:
+        """Let a paused peer run again (SIGCONT)."""
+        proc = next(p for p in self._procs if p.address == address)
+        proc.popen.send_signal(signal.SIGCONT)
+
     def stop_peer(self, address: Address) -> int:
         """Stop the peer at ``address`` the way an operator would (SIGTERM); its exit code."""
         proc = next(p for p in self._procs if p.address == address)
@@ -178,6 +190,7 @@ class LocalSwarm:
         for group in (peers, [p for p in self._procs if p.name == "dht"]):
             for proc in group:
                 if proc.popen.poll() is None:
+                    proc.popen.send_signal(signal.SIGCONT)  # a paused peer must hear SIGTERM
                     proc.popen.terminate()
             for proc in group:
                 try:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +50,9 @@ _CALLER_FAULTS = {
     ErrorCode.MALFORMED,
     ErrorCode.MESSAGE_TOO_LARGE,
 }
+#: Codes by which a peer says it is full, not broken (SPEC.md §10.6, §13.5): the client
+#: routes around it for the rest of the session without backing it off.
+_CAPACITY = {ErrorCode.OUT_OF_CACHE, ErrorCode.TOO_MANY_SESSIONS, ErrorCode.OVERLOADED}
 #: How long a failed peer is avoided, in seconds; doubles with each further failure.
 BACKOFF = 15.0
 #: The most hidden-state bytes one step message carries; longer prompts go in pieces.
@@ -87,7 +90,8 @@ class Swarm:
         self._discover = discover
         self.latency: dict[PeerId, float] = {}
         self._backoff: dict[PeerId, tuple[float, int]] = {}
-        self._overloaded: set[PeerId] = set()  # blamed last for OVERLOADED (SPEC.md §9.3)
+        #: The last error of each peer that failed us, and when (for NoChain's message).
+        self.failures: dict[PeerId, tuple[float, str]] = {}
         self._seen: dict[str, tuple[float, list[SpanInfo]]] = {}
         self.dht: DhtService | None = None
         if use_dht and discover is None:
@@ -159,21 +163,26 @@ class Swarm:
         return found
 
     def blame(self, peer: PeerId, exc: BaseException | None = None) -> None:
-        """Put ``peer`` in backoff after a failure (``exc``, when known)."""
+        """Note that ``peer`` failed (with ``exc``, when known) and, unless it only said it is
+        full (``is_capacity``), put it in backoff."""
+        self.failures[peer] = (time.monotonic(), _describe(exc))
+        if is_capacity(exc):
+            return
         _, failures = self._backoff.get(peer, (0.0, 0))
         self._backoff[peer] = (time.monotonic() + BACKOFF * 2**failures, failures + 1)
-        # RpcError and StreamReset carry the code; a connection closed by GOAWAY names it.
-        if getattr(exc, "code", None) is ErrorCode.OVERLOADED or "OVERLOADED" in str(exc):
-            self._overloaded.add(peer)
-        else:
-            self._overloaded.discard(peer)
 
-    def explain(self, exc: NoChain) -> NoChain:
-        """``exc``, naming the avoided peers that said they were overloaded: the blocks are
-        served, by peers too busy to take us now."""
-        busy = sorted(p.short() for p in self._overloaded & self.avoided())
-        if busy:
-            exc.args = (f"{exc}: peer {', '.join(busy)} is overloaded; try again later",)
+    def explain(self, exc: NoChain, passed_over: Iterable[PeerId] = ()) -> NoChain:
+        """``exc``, naming why each peer we avoided or ``passed_over`` (full, for this
+        session) failed us, and how long ago: the blocks may be served, by peers that are
+        down, hung or too busy to take us now."""
+        now = time.monotonic()
+        reasons = []
+        for peer in sorted(self.avoided() | set(passed_over), key=str):
+            when, why = self.failures.get(peer, (now, "avoided"))
+            reasons.append(f"peer {peer.short()}: {why} ({now - when:.1f} s ago)")
+        if reasons:
+            hint = "; try again later" if any("OVERLOADED" in r for r in reasons) else ""
+            exc.args = (f"{exc}; passed over {', '.join(reasons)}{hint}",)
         return exc
 
     def avoided(self) -> set[PeerId]:
@@ -181,10 +190,17 @@ class Swarm:
         return {peer for peer, (until, _) in self._backoff.items() if until > now}
 
     async def plan(
-        self, model: str, lo: int, hi: int, *, minimum: str | None = None
+        self,
+        model: str,
+        lo: int,
+        hi: int,
+        *,
+        minimum: str | None = None,
+        passed_over: Iterable[PeerId] = (),
     ) -> list[SpanInfo]:
         """The cheapest chain over ``[lo, hi)`` through spans of precision ``minimum`` or
-        better (SPEC.md §13.8). Raises: NoChain."""
+        better (SPEC.md §13.8), avoiding peers in backoff and those ``passed_over``.
+        Raises: NoChain."""
         spans = await self.spans(model)
         jitter = {s.peer_id: int.from_bytes(os.urandom(2), "big") / 65535 * 1e-4 for s in spans}
         try:
@@ -194,12 +210,28 @@ class Swarm:
                 hi,
                 model=model,
                 latency=self.latency,
-                avoid=self.avoided(),
+                avoid=self.avoided() | set(passed_over),
                 jitter=jitter,
                 minimum=minimum,
             )
         except NoChain as exc:
-            raise self.explain(exc) from None
+            raise self.explain(exc, passed_over) from None
+
+
+def is_capacity(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is a peer saying it is full (OUT_OF_CACHE, TOO_MANY_SESSIONS,
+    OVERLOADED; a connection closed by GOAWAY OVERLOADED names the code in its text)."""
+    code = getattr(exc, "code", None)
+    return code in _CAPACITY or (exc is not None and "OVERLOADED" in str(exc))
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "failed"
+    code = getattr(exc, "code", None)
+    text = str(getattr(exc, "reason", "") or exc).splitlines()[0] if str(exc) else ""
+    name = code.name if isinstance(code, ErrorCode) else type(exc).__name__
+    return f"{name} {text!r}" if text and text != name else name
 
 
 def span_from_info(address: Address, info: dict[str, Any]) -> SpanInfo:
@@ -260,6 +292,8 @@ class RemoteChain:
         self.max_retries = max_retries
         self._hops: list[_Hop] | None = None
         self._batch = 0
+        #: Peers that said they are full during this session (routed around, not blamed).
+        self._passed_over: set[PeerId] = set()
         #: The spans the last session used, for display.
         self.route: list[SpanInfo] = []
         #: How many replacements the chain has made, for tests and display.
@@ -301,6 +335,7 @@ class RemoteChain:
         if self._hops is not None:
             self.swarm.loop.run(self._close_hops, self._hops)
             self._hops = None
+        self._passed_over.clear()
         self._max_length = self.default_max_length if max_length is None else max_length
 
     def close(self) -> None:
@@ -317,7 +352,11 @@ class RemoteChain:
     async def _forward(self, body: dict[str, Any]) -> dict[str, Any]:
         for _ in range(self.max_retries + 1):
             chain = await self.swarm.plan(
-                self.model, 0, self.num_blocks, minimum=self.min_precision
+                self.model,
+                0,
+                self.num_blocks,
+                minimum=self.min_precision,
+                passed_over=self._passed_over,
             )
             try:
                 message = dict(body)
@@ -333,7 +372,7 @@ class RemoteChain:
                 return message["hidden"]  # type: ignore[no-any-return]
             except _PEER_FAULTS as exc:
                 self._check_caller_fault(exc)
-                self.swarm.blame(span.peer_id, exc)
+                self._fault(span.peer_id, exc)
         raise RuntimeError("too many peer failures in one forward pass")
 
     async def _step(self, body: dict[str, Any], batch: int) -> dict[str, Any]:
@@ -357,6 +396,13 @@ class RemoteChain:
             i += 1
         return message["hidden"]  # type: ignore[no-any-return]
 
+    def _fault(self, peer: PeerId, exc: BaseException) -> None:
+        """A peer failed us: blame it, or, when it only said it is full, pass it over for
+        the rest of this session (SPEC.md §10.6) without backing it off."""
+        self.swarm.blame(peer, exc)
+        if is_capacity(exc):
+            self._passed_over.add(peer)
+
     @staticmethod
     def _check_caller_fault(exc: BaseException) -> None:
         code = getattr(exc, "code", None)
@@ -374,7 +420,9 @@ class RemoteChain:
     async def _open(self, lo: int, hi: int) -> list[_Hop]:
         """Plan ``[lo, hi)`` and open a session on each span."""
         for _ in range(self.max_retries + 1):
-            chain = await self.swarm.plan(self.model, lo, hi, minimum=self.min_precision)
+            chain = await self.swarm.plan(
+                self.model, lo, hi, minimum=self.min_precision, passed_over=self._passed_over
+            )
             hops: list[_Hop] = []
             try:
                 for span in chain:
@@ -382,9 +430,11 @@ class RemoteChain:
                 return hops
             except _PEER_FAULTS as exc:
                 self._check_caller_fault(exc)
-                self.swarm.blame(chain[len(hops)].peer_id, exc)
+                self._fault(chain[len(hops)].peer_id, exc)
                 await self._close_hops(hops)
-        raise self.swarm.explain(NoChain(self.model, [(lo, hi)], minimum=self.min_precision))
+        raise self.swarm.explain(
+            NoChain(self.model, [(lo, hi)], minimum=self.min_precision), self._passed_over
+        )
 
     async def _open_one(self, span: SpanInfo) -> _Hop:
         peer = await self.swarm.pool.get(span.address)
@@ -410,7 +460,7 @@ class RemoteChain:
             failed.span.end,
             exc,
         )
-        self.swarm.blame(failed.span.peer_id, exc)
+        self._fault(failed.span.peer_id, exc)
         self.swarm.forget(self.model)
         await self._close_hops([failed])
         fresh = await self._open(failed.span.start, failed.span.end)

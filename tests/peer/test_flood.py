@@ -15,6 +15,7 @@ import resource
 import threading
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -194,8 +195,15 @@ def test_no_chain_names_the_peers_that_said_they_are_overloaded() -> None:
         with pytest.raises(NoChain) as plain:
             swarm.loop.run(swarm.plan, "m", 0, 4)
         assert "overloaded" not in str(plain.value)
+        # OVERLOADED is no failure of the peer (SPEC.md §10.6): no backoff, but the chain
+        # that heard it passes the peer over and says why.
         swarm.blame(busy.peer_id, RpcError(ErrorCode.OVERLOADED, "too many connections"))
-        with pytest.raises(NoChain, match=f"peer {busy.peer_id.short()} is overloaded"):
-            swarm.loop.run(swarm.plan, "m", 0, 4)
+        assert busy.peer_id not in swarm.avoided()
+        with pytest.raises(NoChain) as passed:
+            swarm.loop.run(partial(swarm.plan, "m", 0, 4, passed_over={busy.peer_id}))
+        assert f"peer {busy.peer_id.short()}: OVERLOADED 'too many connections'" in str(
+            passed.value
+        )
+        assert str(passed.value).endswith("try again later")
     finally:
         swarm.close()
