@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 import trio
@@ -16,6 +17,16 @@ from ._transport import connect
 __all__ = ["ConnectionPool"]
 
 log = logging.getLogger("petalproto.net")
+
+
+@dataclass(slots=True)
+class _Dial:
+    """One dial in progress, shared by every caller that wants the same peer meanwhile: they
+    all get its connection, or its error, instead of dialling again one after another (a
+    hung peer would cost each of them a whole connect timeout)."""
+
+    done: trio.Event = field(default_factory=trio.Event)
+    error: Exception | None = None
 
 
 class ConnectionPool:
@@ -43,7 +54,7 @@ class ConnectionPool:
         self.max_connections = max_connections
         self.connect_timeout = connect_timeout
         self._peers: dict[PeerId, PeerConnection] = {}
-        self._dialling: dict[PeerId, trio.Event] = {}
+        self._dialling: dict[PeerId, _Dial] = {}
 
     def __len__(self) -> int:
         return len(self._peers)
@@ -58,7 +69,7 @@ class ConnectionPool:
 
         Raises:
             OSError, HandshakeFailed, trio.TooSlowError, trio.BrokenResourceError: dialling
-                failed.
+                failed (for a caller that waited on another's dial: the same error).
         """
         while True:
             peer = self._peers.get(address.peer_id)
@@ -68,8 +79,11 @@ class ConnectionPool:
             pending = self._dialling.get(address.peer_id)
             if pending is None:
                 break
-            await pending.wait()
-        done = self._dialling[address.peer_id] = trio.Event()
+            await pending.done.wait()
+            if pending.error is not None:
+                raise pending.error
+            # Connected (loop to take it), or the dialler was cancelled: dial ourselves.
+        dial = self._dialling[address.peer_id] = _Dial()
         try:
             peer = await connect(
                 self._nursery,
@@ -79,9 +93,12 @@ class ConnectionPool:
                 config=self._config,
                 connect_timeout=self.connect_timeout,
             )
+        except Exception as exc:
+            dial.error = exc
+            raise
         finally:
             del self._dialling[address.peer_id]
-            done.set()
+            dial.done.set()
         peer.last_used = trio.current_time()
         self._peers[address.peer_id] = peer
         await self._evict()

@@ -44,6 +44,46 @@ async def test_pool_reuses_one_connection_per_peer(node: Node) -> None:
         nursery.cancel_scope.cancel()
 
 
+async def test_callers_share_a_failed_dial_instead_of_repeating_it(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    """A hung peer (accepts TCP, never answers the handshake) costs every waiting caller one
+    connect timeout together, not one each in turn."""
+    listener = (await trio.open_tcp_listeners(0, host="127.0.0.1"))[0]
+    port = listener.socket.getsockname()[1]
+    hung = Address(make_identity().peer_id, "127.0.0.1", port)
+    accepted: list[trio.SocketStream] = []
+    failures: list[BaseException] = []
+
+    async def caller(pool: ConnectionPool) -> None:
+        try:
+            await pool.get(hung)
+        except trio.TooSlowError as exc:
+            failures.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_accept_silently, listener, accepted)
+        pool = ConnectionPool(nursery, make_identity(), connect_timeout=5.0)
+        started = trio.current_time()
+        async with trio.open_nursery() as callers:
+            for _ in range(5):
+                callers.start_soon(caller, pool)
+        assert len(failures) == 5
+        assert trio.current_time() - started < 6.0  # one timeout, shared
+        assert len(accepted) == 1  # one dial
+        nursery.cancel_scope.cancel()
+    for stream in accepted:
+        await stream.aclose()
+    await listener.aclose()
+
+
+async def _accept_silently(
+    listener: trio.SocketListener, accepted: list[trio.SocketStream]
+) -> None:
+    while True:
+        accepted.append(await listener.accept())
+
+
 async def _garbage(port: int, junk: bytes) -> None:
     with trio.move_on_after(5):
         stream = await trio.open_tcp_stream("127.0.0.1", port)
