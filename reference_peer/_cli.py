@@ -138,9 +138,11 @@ def stream_reply(
 
 def _swarm_failed(exc: BaseException) -> CommandFailed | None:
     """A swarm failure (no chain, a peer's error) as one line, or None for anything else."""
-    from ._errors import PeerError
+    from ._errors import PeerError, TooLong
     from ._remote import _PEER_FAULTS, NoChain
 
+    if isinstance(exc, TooLong):
+        return CommandFailed(f"{exc} (give a shorter prompt or fewer --max-new-tokens)")
     if isinstance(exc, NoChain):
         return CommandFailed(f"{exc} (start 'petal serve' for those blocks, or check --model-name)")
     if isinstance(exc, PeerError | RpcError):

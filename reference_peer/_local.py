@@ -42,6 +42,7 @@ from transformers import (
 )
 
 from ._chain import Chain
+from ._errors import TooLong
 from ._loading import load_client_model
 
 __all__ = ["DistributedModel", "DistributedModelForCausalLM"]
@@ -276,11 +277,20 @@ class DistributedModelForCausalLM(_ChainClient, PreTrainedModel, GenerationMixin
 
         Raises:
             ValueError: ``num_beams > 1`` or an assistant model was given.
+            TooLong: the prompt is longer than the model's positions; refused here, before
+                any peer computes anything.
         """
         config = kwargs.get("generation_config") or self.generation_config
         beams = kwargs.get("num_beams", config.num_beams) or 1
         if beams > 1 or kwargs.get("assistant_model") is not None:
             raise ValueError("beam search and assisted decoding are not supported")
+        prompt = args[0] if args else kwargs.get("inputs", kwargs.get("input_ids"))
+        limit = getattr(self.full_config, "max_position_embeddings", None)
+        if isinstance(prompt, torch.Tensor) and limit and prompt.shape[-1] > int(limit):
+            raise TooLong(
+                f"the prompt has {prompt.shape[-1]} tokens; the model takes at most "
+                f"{int(limit)} (max_position_embeddings)"
+            )
         self._planned_length = self._plan_length(args, kwargs, config)
         try:
             return super().generate(*args, **kwargs)

@@ -1,9 +1,10 @@
 """A server that says it is full is routed around, not blamed (SPEC.md §10.6, §13.5).
 
 Server A has room for 20 tokens of attention cache, server B for plenty; the client prefers
-A. A generation that needs more than 20 tokens hears OUT_OF_CACHE from A, goes to B without
-putting A in backoff, and the next generation that fits uses A again. With A alone, the error
-names A's answer.
+A (it announces more throughput). A generation that needs more than 20 tokens hears
+OUT_OF_CACHE from A, goes to B without putting A in backoff, and the next generation that
+fits uses A again. With A alone, the error names A's answer. A prompt longer than the model
+is refused before any peer works.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from petalproto.core._route import NoChain
-from reference_peer import DistributedModelForCausalLM
+from petalproto.core._route import NoChain, SpanInfo
+from reference_peer import DistributedModelForCausalLM, TooLong
 from reference_peer._remote import RemoteChain, Swarm
 
 from .swarm import InProcessSwarm
@@ -42,7 +43,16 @@ def _small(servers: InProcessSwarm, path: Path) -> None:
 
 
 def _client(path: Path, servers: InProcessSwarm) -> tuple[Any, Swarm, RemoteChain]:
-    swarm = Swarm(servers.addresses, use_dht=False)
+    """A client that knows the servers, the first announcing the highest throughput."""
+    spans = [
+        SpanInfo(address, "tiny", 0, LAYERS, throughput=1000.0 / (i + 1))
+        for i, address in enumerate(servers.addresses)
+    ]
+
+    async def discover(model: str) -> list[SpanInfo]:
+        return spans
+
+    swarm = Swarm(servers.addresses, discover=discover)
     chain = RemoteChain(swarm, "tiny", LAYERS)
     model = DistributedModelForCausalLM.from_pretrained(path, chain=chain)
     return model, swarm, chain
@@ -59,8 +69,6 @@ def test_a_full_server_is_passed_over_for_the_session_and_used_again_after(
     local: Any = AutoModelForCausalLM.from_pretrained(path)
     local.eval()
     try:
-        swarm.loop.run(swarm.spans, "tiny")  # learn both, then prefer A
-        swarm.latency.update({small.peer_id: 0.0, big.peer_id: 1.0})
         ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
         long = {"max_new_tokens": 24, "min_new_tokens": 24, "do_sample": False}
         assert torch.equal(model.generate(ids, **long), local.generate(ids, **long))
@@ -89,6 +97,22 @@ def test_with_only_full_servers_the_error_names_their_answer(
         assert "no peer serves blocks 0:6 of 'tiny'" in text
         assert f"peer {servers.addresses[0].peer_id.short()}: OUT_OF_CACHE" in text
         assert servers.addresses[0].peer_id not in swarm.avoided()
+    finally:
+        chain.close()
+        swarm.close()
+
+
+def test_a_prompt_longer_than_the_model_is_refused_before_any_peer_works(
+    tiny_checkpoint: Callable[[str], Path], servers: InProcessSwarm
+) -> None:
+    path = tiny_checkpoint("llama")
+    servers.add(path, 0, LAYERS)
+    model, swarm, chain = _client(path, servers)
+    try:
+        too_long = torch.randint(3, 98, (1, 513))  # max_position_embeddings is 512
+        with pytest.raises(TooLong, match="513 tokens; the model takes at most 512"):
+            model.generate(too_long, max_new_tokens=2)
+        assert chain.route == []  # no session was ever opened
     finally:
         chain.close()
         swarm.close()
