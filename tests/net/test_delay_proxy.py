@@ -305,3 +305,21 @@ def test_proxy_thread_from_sync_code() -> None:
     print(f"round trip through a 20 ms proxy thread: {trip * 1000:.1f} ms")
     assert 0.04 <= trip < 0.09
     thread.join(timeout=2)
+
+
+@pytest.mark.slow
+async def test_a_node_behind_a_proxy_announces_the_proxys_port() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as probe:
+        listen = probe.getsockname()[1]
+    async with (
+        DelayProxy("127.0.0.1", listen, delay_ms=5) as proxy,
+        trio.open_nursery() as nursery,
+    ):
+        node: Node = await nursery.start(
+            Node(make_identity(), port=listen, announce_port=proxy.port).run
+        )
+        assert node.address.port == proxy.port
+        async with open_connection(node.address, make_identity()) as peer:
+            assert proxy.connections == 1
+            assert (await call(peer, "ping", {}))["agent"].startswith("petalproto/")
+        nursery.cancel_scope.cancel()
