@@ -1,12 +1,17 @@
 """A swarm of real processes on this machine: one DHT node and N peers, each serving an
 equal share of a model's blocks (or the spans given).  Used by ``petal demo``, ``petal bench``
-and tests.  Several swarms may share one DHT node: each one after the first joins it."""
+and tests.  Several swarms may share one DHT node: each one after the first joins it.
+
+With ``delay_ms`` > 0 every process listens behind a ``DelayProxy`` (one loop thread hosts
+them all) and announces the proxy's port, so that every link to it, from clients, peers or
+the DHT node, crosses an emulated wide-area link in both directions."""
 
 from __future__ import annotations
 
 import itertools
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -15,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from petalproto.core import Address
+from petalproto.testing import ProxyThread
 
 __all__ = ["LocalSwarm", "split_blocks"]
 
@@ -36,6 +42,8 @@ class _Process:
     spawned: float
     address: Address | None = None
     ready_after: float | None = None
+    #: The port of the delay proxy in front of it (with ``delay_ms``), else None.
+    proxy_port: int | None = None
 
 
 @dataclass
@@ -54,6 +62,10 @@ class LocalSwarm:
     spans: list[tuple[int, int]] | None = None
     #: A DHT node to join instead of starting one (this swarm then stops only its peers).
     join: Address | None = None
+    #: One-way delay of every link to a process of ours, in milliseconds (0: no proxies).
+    delay_ms: float = 0.0
+    #: Uniform jitter of that delay, in milliseconds (only with ``delay_ms`` > 0).
+    jitter_ms: float = 0.0
 
     def __post_init__(self) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="petal-swarm-"))
@@ -61,9 +73,29 @@ class LocalSwarm:
         self._launched: list[_Process] = []  # the peers of ``spans``, in order
         self.dht: Address | None = None
         self.servers: list[tuple[Address, tuple[int, int]]] = []
+        self.proxies: ProxyThread | None = None
+
+    def _behind_proxy(self, args: list[str]) -> tuple[list[str], int | None]:
+        """``args`` with the listen and announced ports of a process behind a delay proxy
+        (and that proxy's port), or unchanged (and None) without ``delay_ms``."""
+        if self.delay_ms <= 0:
+            return args, None
+        if self.proxies is None:
+            self.proxies = ProxyThread()
+        # The process must listen on a port we know before it announces the proxy's, so
+        # take a free one; another process could take it first, which is unlikely enough
+        # for tests and benchmarks.
+        with socket.create_server(("127.0.0.1", 0)) as probe:
+            listen = probe.getsockname()[1]
+        port = self.proxies.add(
+            "127.0.0.1", listen, delay_ms=self.delay_ms, jitter_ms=self.jitter_ms
+        )
+        args = [a if a != "127.0.0.1:0" else f"127.0.0.1:{listen}" for a in args]
+        return [*args, "--announce-port", str(port)], port
 
     def _spawn(self, name: str, args: list[str]) -> _Process:
         address_file, log_file = self._dir / f"{name}.addr", self._dir / f"{name}.log"
+        args, proxy_port = self._behind_proxy(args)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with log_file.open("wb") as log:
             popen = subprocess.Popen(
@@ -81,6 +113,7 @@ class LocalSwarm:
                 env=env,
             )
         proc = _Process(name, popen, address_file, log_file, time.perf_counter())
+        proc.proxy_port = proxy_port
         self._procs.append(proc)
         return proc
 
@@ -160,6 +193,25 @@ class LocalSwarm:
         self.servers.append((proc.address, (start, end)))
         return proc.address
 
+    def stall(self, address: Address) -> None:
+        """Hold every byte to and from the process at ``address`` (behind its proxy, so
+        only with ``delay_ms``) until ``resume``; its connections stay open."""
+        port = self._proxy_port(address)
+        assert self.proxies is not None
+        self.proxies.stall(port)
+
+    def resume(self, address: Address) -> None:
+        """Undo ``stall``."""
+        port = self._proxy_port(address)
+        assert self.proxies is not None
+        self.proxies.resume(port)
+
+    def _proxy_port(self, address: Address) -> int:
+        proc = next(p for p in self._procs if p.address == address)
+        if proc.proxy_port is None:
+            raise ValueError("only a swarm with delay_ms > 0 has proxies to stall")
+        return proc.proxy_port
+
     def kill(self, address: Address) -> None:
         """Kill the peer at ``address`` abruptly (for failure tests)."""
         proc = next(p for p in self._procs if p.address == address)
@@ -172,7 +224,7 @@ class LocalSwarm:
         proc = next(p for p in self._procs if p.address == address)
         proc.popen.send_signal(signal.SIGSTOP)
 
-    def resume(self, address: Address) -> None:
+    def unpause(self, address: Address) -> None:
         """Let a paused peer run again (SIGCONT)."""
         proc = next(p for p in self._procs if p.address == address)
         proc.popen.send_signal(signal.SIGCONT)
@@ -199,6 +251,9 @@ class LocalSwarm:
                     proc.popen.kill()
                     proc.popen.wait()
         self._procs.clear()
+        if self.proxies is not None:
+            self.proxies.close()
+            self.proxies = None
 
     def __enter__(self) -> LocalSwarm:
         return self.start()

@@ -213,7 +213,13 @@ async def _serve(args: argparse.Namespace, model_name: str, total: int) -> None:
 
     identity = load_identity(args.identity)
     host, port = args.listen
-    node = Node(identity, host=host, port=port, announce_host=args.announce_host)
+    node = Node(
+        identity,
+        host=host,
+        port=port,
+        announce_host=args.announce_host,
+        announce_port=args.announce_port,
+    )
     initial = parse_peers(args.initial_peers)
     async with trio.open_nursery() as nursery:
         await start_node(nursery, node, args.listen)

@@ -448,6 +448,10 @@ def add_node_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="HOST",
         help="host to put in our address (default: the listen host)",
     )
+    # For tests: the port to put in our address, when a proxy in front of us listens on it.
+    parser.add_argument(
+        "--announce-port", type=positive_int(1), default=None, help=argparse.SUPPRESS
+    )
     parser.add_argument(
         "--initial-peers",
         nargs="*",

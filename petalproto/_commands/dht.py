@@ -39,7 +39,13 @@ async def serve_node(args: argparse.Namespace) -> None:
     identity = load_identity(args.identity)
     host, port = args.listen
     initial = parse_peers(args.initial_peers)
-    node = Node(identity, host=host, port=port, announce_host=args.announce_host)
+    node = Node(
+        identity,
+        host=host,
+        port=port,
+        announce_host=args.announce_host,
+        announce_port=args.announce_port,
+    )
     async with trio.open_nursery() as nursery:
         await start_node(nursery, node, args.listen)
         # Name an initial peer that is down or is someone else: the join below only retries.

@@ -34,6 +34,7 @@ class Node:
         host: str = "127.0.0.1",
         port: int = 0,
         announce_host: str | None = None,
+        announce_port: int | None = None,
         config: Config | None = None,
         max_connections: int = 512,
         limits: Limits | None = None,
@@ -41,6 +42,8 @@ class Node:
         self.identity = identity
         self.host, self.port = host, port
         self.announce_host = announce_host
+        #: The port to put in our address instead of the one we listen on (a proxy's).
+        self.announce_port = announce_port
         self.config = config
         self.max_connections = max_connections
         #: Who may connect, and who is shed under a flood (SPEC.md §9.3).
@@ -88,7 +91,7 @@ class Node:
                     task_status=task_status,
                 )
             )
-            port = listeners[0].socket.getsockname()[1]
+            port = self.announce_port or listeners[0].socket.getsockname()[1]
             host = self.announce_host or _dialable(self.host)
             self._address = Address(self.identity.peer_id, host, port)
             task_status.started(self)

@@ -10,6 +10,7 @@ from ._checks import (
     check_peer_connections,
     check_request_response,
 )
+from ._delay import DelayProxy, ProxyThread
 from ._dhtsim import DhtSim, SimLookup, SimNode
 from ._pairs import (
     ConnectionPair,
@@ -23,7 +24,9 @@ from ._vectors import fixed_key, handshake_vector, sample_frames
 
 __all__ = [
     "ConnectionPair",
+    "DelayProxy",
     "DhtSim",
+    "ProxyThread",
     "ScriptedPeer",
     "SimLookup",
     "SimNode",

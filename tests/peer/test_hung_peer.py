@@ -57,4 +57,4 @@ def test_a_hung_peer_is_replaced_after_the_step_deadline(
         finally:
             model.close()
             if paused:
-                swarm.resume(paused[0])
+                swarm.unpause(paused[0])
