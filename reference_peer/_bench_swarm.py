@@ -61,7 +61,21 @@ def summarize(local: list[tuple[float, float]], swarm: list[tuple[float, float]]
     }
 
 
-def run(peers: int = 3, tokens: int = 48, rounds: int = 5) -> dict[str, Any]:
+def limits(local_ms: float, hops: int, delay_ms: float) -> dict[str, float]:
+    """What the network costs a token at best, over links delayed ``delay_ms`` one way.
+
+    ``limit_ms_per_token`` is the computation plus one trip around the chain (client, each
+    server, back: ``hops + 1`` one-way delays), what servers pushing to each other can reach;
+    ``relay_ms_per_token`` is the computation plus a round trip per hop, what a client that
+    relays every hop's hidden states can reach.
+    """
+    return {
+        "limit_ms_per_token": round(local_ms + (hops + 1) * delay_ms, 2),
+        "relay_ms_per_token": round(local_ms + 2 * hops * delay_ms, 2),
+    }
+
+
+def run(peers: int = 3, tokens: int = 48, rounds: int = 5, delay_ms: float = 0.0) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from . import DistributedModelForCausalLM
@@ -72,7 +86,7 @@ def run(peers: int = 3, tokens: int = 48, rounds: int = 5) -> dict[str, Any]:
     local: Any = AutoModelForCausalLM.from_pretrained(path)
     local.eval()
     start = time.perf_counter()
-    with LocalSwarm(path, peers=peers, one_by_one=True) as swarm:
+    with LocalSwarm(path, peers=peers, one_by_one=True, delay_ms=delay_ms) as swarm:
         started = time.perf_counter() - start
         model = DistributedModelForCausalLM.from_pretrained(path, initial_peers=[swarm.dht])
         timings: dict[str, list[tuple[float, float]]] = {"local": [], "swarm": []}
@@ -87,16 +101,30 @@ def run(peers: int = 3, tokens: int = 48, rounds: int = 5) -> dict[str, Any]:
                         out, ttft, per_token = _timed_generate(contenders[name], ids, tokens)
                         outputs[name].append(out)
                         timings[name].append((ttft, per_token))
+            hops = len(getattr(model.chain, "route", ()))  # a RemoteChain's spans
         finally:
             model.close()
         peer_start = max(swarm.peer_start_seconds)
     reference = outputs["local"][0]
+    figures = summarize(timings["local"], timings["swarm"])
+    delayed: dict[str, Any] = {}
+    if delay_ms:
+        bounds = limits(figures["local_ms_per_token"], hops, delay_ms)
+        delayed = {
+            "delay_ms": delay_ms,
+            "hops": hops,
+            **bounds,
+            "ratio_to_limit": round(
+                figures["swarm_ms_per_token"] / bounds["limit_ms_per_token"], 3
+            ),
+        }
     return {
         "peers": peers,
         "tokens": tokens,
         "rounds": rounds,
         "prompt_tokens": int(ids.shape[1]),
-        **summarize(timings["local"], timings["swarm"]),
+        **figures,
+        **delayed,
         "peer_start_s": round(peer_start, 2),
         "swarm_start_s": round(started, 2),
         "tokens_match": all(
