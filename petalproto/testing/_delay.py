@@ -28,14 +28,14 @@ It must never read the target's or the client's bytes for meaning: it only moves
 from __future__ import annotations
 
 import random
-import threading
 from collections import deque
-from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import Any, TypeVar
 
 import trio
 import trio.lowlevel
+
+from petalproto.net._loop import LoopThread
 
 __all__ = ["DelayProxy", "ProxyThread"]
 
@@ -261,38 +261,8 @@ class ProxyThread:
     """
 
     def __init__(self, name: str = "petal-delay") -> None:
-        self._ready = threading.Event()
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._nursery: trio.Nursery | None = None
-        self._stop: trio.Event | None = None
-        self._error: BaseException | None = None
+        self._loop = LoopThread(name)
         self._proxies: dict[int, DelayProxy] = {}
-        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
-        self._thread.start()
-        self._ready.wait()
-        if self._error is not None:
-            raise self._error
-
-    def _main(self) -> None:
-        try:
-            trio.run(self._serve)
-        except BaseException as exc:  # reported to the constructor or logged by threading
-            self._error = exc
-            self._ready.set()
-
-    async def _serve(self) -> None:
-        self._token = trio.lowlevel.current_trio_token()
-        self._stop = trio.Event()
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            self._ready.set()
-            await self._stop.wait()
-            nursery.cancel_scope.cancel()
-
-    def _run(self, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
-        if self._token is None or not self._thread.is_alive():
-            raise RuntimeError("the proxy thread is not running")
-        return trio.from_thread.run(fn, *args, trio_token=self._token)
 
     def add(
         self,
@@ -319,11 +289,11 @@ class ProxyThread:
         )
 
         async def start() -> int:
-            assert self._nursery is not None
-            started: int = await self._nursery.start(proxy.run)
+            assert self._loop.nursery is not None
+            started: int = await self._loop.nursery.start(proxy.run)
             return started
 
-        listening = self._run(start)
+        listening = self._loop.run(start)
         self._proxies[listening] = proxy
         return listening
 
@@ -331,28 +301,21 @@ class ProxyThread:
         """The proxy listening on ``port`` (read its settings; change them via the loop)."""
         return self._proxies[port]
 
-    def _call(self, fn: Callable[[], None]) -> None:
-        if self._token is None or not self._thread.is_alive():
-            raise RuntimeError("the proxy thread is not running")
-        trio.from_thread.run_sync(fn, trio_token=self._token)
-
     def stall(self, port: int) -> None:
         """``stall()`` the proxy on ``port``."""
-        self._call(self._proxies[port].stall)
+        self._loop.run_sync(self._proxies[port].stall)
 
     def resume(self, port: int) -> None:
         """``resume()`` the proxy on ``port``."""
-        self._call(self._proxies[port].resume)
+        self._loop.run_sync(self._proxies[port].resume)
 
     def close_all(self, port: int) -> None:
         """``close_all()`` on the proxy on ``port``."""
-        self._call(self._proxies[port].close_all)
+        self._loop.run_sync(self._proxies[port].close_all)
 
     def close(self) -> None:
         """Stop every proxy and the loop."""
-        if self._token is not None and self._stop is not None and self._thread.is_alive():
-            trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
-            self._thread.join(timeout=5)
+        self._loop.close()
 
     def __enter__(self) -> ProxyThread:
         return self
