@@ -110,6 +110,11 @@ class PeerServer:
         self.inline_rows = inline_rows
         self.limiter = trio.CapacityLimiter(1)
         self.sessions = 0
+        #: False while the server drains before it moves its span: new sessions are refused
+        #: with TOO_MANY_SESSIONS, a capacity answer that sends clients elsewhere unblamed.
+        self.accepting = True
+        #: Set whenever a session ends (for a server waiting for its sessions to finish).
+        self.session_ended = trio.Event()
 
     def register(self, router: Router) -> None:
         router.unary("peer.info", self._handle_info)
@@ -175,6 +180,8 @@ class PeerServer:
         except trio.EndOfChannel:
             return
         self._check_span(opening)
+        if not self.accepting:
+            raise RpcError(ErrorCode.TOO_MANY_SESSIONS, "this peer is moving to other blocks")
         batch = _require(opening, "batch", int)
         max_length = _require(opening, "max_length", int)
         if not 0 < batch <= 1024 or not 0 < max_length <= MAX_SESSION_LENGTH:
@@ -194,4 +201,6 @@ class PeerServer:
             # opens its next session on seeing the end finds the budget free.
             self.sessions -= 1
             session.close()
+            self.session_ended.set()
+            self.session_ended = trio.Event()
         await stream.end()
