@@ -21,16 +21,24 @@ import torch
 import trio
 
 from petalproto.core import Address, ErrorCode, Identity, PeerId
+from petalproto.core._breaker import Breakers
 from petalproto.core._route import NoChain, SpanInfo, parse_precision, plan_chain
 from petalproto.net import ConnectionPool, DhtService, RpcError, Stream, StreamReset
 
 from ._announce import quantization_of, spans_from_records, spans_key
 from ._loop import LoopThread
+from ._push import PUSH_ID_BYTES, PushTarget
 from ._tensors import tensor_from_wire, tensor_to_wire
 
 __all__ = ["NoChain", "RemoteChain", "Swarm"]
 
 log = logging.getLogger("reference_peer.client")
+
+
+class PeerHung(trio.TooSlowError):
+    """A peer we wait on did not answer a health ping in time: its process is stopped, its
+    host is gone or its link is cut, whether or not its connection is still open."""
+
 
 #: Errors after which another peer may well succeed.
 _PEER_FAULTS = (
@@ -42,6 +50,8 @@ _PEER_FAULTS = (
     OSError,
     trio.EndOfChannel,
 )
+#: How a health ping fails.
+_GONE = (PeerHung, trio.BrokenResourceError, trio.ClosedResourceError)
 #: Codes that blame the request, not the peer: retrying elsewhere would fail the same way.
 _CALLER_FAULTS = {
     ErrorCode.BAD_TENSOR,
@@ -53,8 +63,25 @@ _CALLER_FAULTS = {
 #: Codes by which a peer says it is full, not broken (SPEC.md §10.6, §13.5): the client
 #: routes around it for the rest of the session without backing it off.
 _CAPACITY = {ErrorCode.OUT_OF_CACHE, ErrorCode.TOO_MANY_SESSIONS, ErrorCode.OVERLOADED}
-#: How long a failed peer is avoided, in seconds; doubles with each further failure.
-BACKOFF = 15.0
+#: How long a failed peer is avoided, in seconds; doubles with each further failure (up to
+#: ``BACKOFF_CAP``), with 25 % jitter (``petalproto.core._breaker``).
+BACKOFF = 10.0
+BACKOFF_CAP = 600.0
+#: A peer that does not answer a health ping within this many seconds (or four of its
+#: measured round trips, if longer) is taken for hung.
+HUNG_AFTER = 0.75
+#: Seconds between health pings of a peer we wait on, and of the peers of an idle session.
+PING_INTERVAL = 0.25
+IDLE_PING_INTERVAL = 1.0
+#: A measured round trip is trusted for this long before a candidate is pinged again.
+PROBE_TTL = 30.0
+#: Most candidates pinged before a chain is planned.
+MAX_PROBES = 32
+#: The shortest step deadline, in seconds, and how many expected step times it allows.
+DEADLINE_FLOOR = 3.0
+DEADLINE_FACTOR = 10.0
+#: Weight of a new sample in a peer's moving averages (round trip, step time).
+EWMA = 0.3
 #: The most hidden-state bytes one step message carries; longer prompts go in pieces.
 STEP_BYTES = 4 << 20
 #: Seconds a discovery result is reused before the DHT is asked again.
@@ -81,15 +108,20 @@ class Swarm:
         use_dht: bool = True,
         discover: Discover | None = None,
         join_timeout: float = 30.0,
+        probes: bool = True,
     ) -> None:
         self.initial_peers = list(initial_peers)
+        #: Ping candidates before planning (``probe``).
+        self.probes = probes
         self.identity = identity or Identity.from_seed(os.urandom(32))
         self.loop = LoopThread()
         assert self.loop.nursery is not None
         self.pool = ConnectionPool(self.loop.nursery, self.identity)
         self._discover = discover
+        #: Measured round trips (moving averages of pings), in seconds.
         self.latency: dict[PeerId, float] = {}
-        self._backoff: dict[PeerId, tuple[float, int]] = {}
+        self._measured: dict[PeerId, float] = {}
+        self.breakers: Breakers[PeerId] = Breakers(base=BACKOFF, cap=BACKOFF_CAP)
         #: The last error of each peer that failed us, and when (for NoChain's message).
         self.failures: dict[PeerId, tuple[float, str]] = {}
         self._seen: dict[str, tuple[float, list[SpanInfo]]] = {}
@@ -146,7 +178,7 @@ class Swarm:
             try:
                 start = time.perf_counter()
                 info = await self.pool.call(address, "peer.info", {}, timeout=5)
-                self.latency[address.peer_id] = time.perf_counter() - start
+                self.measured(address.peer_id, time.perf_counter() - start)
             except _PEER_FAULTS as exc:
                 log.info("peer %s did not answer: %r", address, exc)
                 return
@@ -166,10 +198,56 @@ class Swarm:
         """Note that ``peer`` failed (with ``exc``, when known) and, unless it only said it is
         full (``is_capacity``), put it in backoff."""
         self.failures[peer] = (time.monotonic(), _describe(exc))
-        if is_capacity(exc):
+        if not is_capacity(exc):
+            self.breakers.failure(peer, time.monotonic())
+
+    def succeeded(self, peer: PeerId) -> None:
+        """``peer`` served us: close its breaker."""
+        self.breakers.success(peer)
+
+    def measured(self, peer: PeerId, rtt: float) -> None:
+        """A round trip to ``peer`` took ``rtt`` seconds (its moving average)."""
+        old = self.latency.get(peer)
+        self.latency[peer] = rtt if old is None else old + EWMA * (rtt - old)
+        self._measured[peer] = time.monotonic()
+
+    def hung_after(self, peer: PeerId) -> float:
+        """Seconds without an answer to a ping after which ``peer`` counts as hung."""
+        return max(HUNG_AFTER, 4 * self.latency.get(peer, 0.0))
+
+    async def ping(self, peer: Any) -> None:
+        """Ping a connection, timing it. Raises: PeerHung, trio.BrokenResourceError."""
+        limit = self.hung_after(peer.peer_id)
+        with trio.move_on_after(limit):
+            self.measured(peer.peer_id, await peer.ping())
             return
-        _, failures = self._backoff.get(peer, (0.0, 0))
-        self._backoff[peer] = (time.monotonic() + BACKOFF * 2**failures, failures + 1)
+        raise PeerHung(f"no answer to a health ping in {limit:.2f} s")
+
+    async def probe(self, spans: Iterable[SpanInfo]) -> None:
+        """Ping candidates we have not measured lately, all at once, dialling as needed:
+        a hung or dead candidate is put in backoff before any session waits on it, and the
+        others' round trips steer the planner to near copies."""
+        now, avoided = time.monotonic(), self.avoided()
+        fresh = {p for p, when in self._measured.items() if now - when < PROBE_TTL}
+        todo = {s.peer_id: s.address for s in spans}
+        todo = {p: a for p, a in todo.items() if p not in fresh and p not in avoided}
+
+        async def one(address: Address) -> None:
+            limit = self.hung_after(address.peer_id)
+            try:
+                with trio.fail_after(limit):
+                    peer = await self.pool.get(address)
+                await self.ping(peer)
+            except trio.TooSlowError:
+                self.blame(
+                    address.peer_id, PeerHung(f"no answer to a health ping in {limit:.2f} s")
+                )
+            except _PEER_FAULTS as exc:
+                self.blame(address.peer_id, exc)
+
+        async with trio.open_nursery() as nursery:
+            for address in list(todo.values())[:MAX_PROBES]:
+                nursery.start_soon(one, address)
 
     def explain(self, exc: NoChain, passed_over: Iterable[PeerId] = ()) -> NoChain:
         """``exc``, naming why each peer we avoided or ``passed_over`` (full, for this
@@ -186,8 +264,8 @@ class Swarm:
         return exc
 
     def avoided(self) -> set[PeerId]:
-        now = time.monotonic()
-        return {peer for peer, (until, _) in self._backoff.items() if until > now}
+        """Peers whose breakers are open."""
+        return self.breakers.open(time.monotonic())
 
     async def plan(
         self,
@@ -197,12 +275,17 @@ class Swarm:
         *,
         minimum: str | None = None,
         passed_over: Iterable[PeerId] = (),
+        last_resort: bool = False,
     ) -> list[SpanInfo]:
         """The cheapest chain over ``[lo, hi)`` through spans of precision ``minimum`` or
-        better (SPEC.md §13.8), avoiding peers in backoff and those ``passed_over``.
+        better (SPEC.md §13.8), avoiding peers in backoff and those ``passed_over``; with
+        ``last_resort``, through peers in backoff rather than none.
         Raises: NoChain."""
         spans = await self.spans(model)
+        if self.probes:
+            await self.probe(s for s in spans if s.start < hi and s.end > lo)
         jitter = {s.peer_id: int.from_bytes(os.urandom(2), "big") / 65535 * 1e-4 for s in spans}
+        passed_over = set(passed_over)
         try:
             return plan_chain(
                 spans,
@@ -210,12 +293,22 @@ class Swarm:
                 hi,
                 model=model,
                 latency=self.latency,
-                avoid=self.avoided() | set(passed_over),
+                avoid=self.avoided() | passed_over,
                 jitter=jitter,
                 minimum=minimum,
             )
         except NoChain as exc:
-            raise self.explain(exc, passed_over) from None
+            if not last_resort:
+                raise self.explain(exc, passed_over) from None
+            explained = self.explain(exc, passed_over)
+        # A peer in backoff may have recovered (a restart, a passing stall); trying it beats
+        # failing for sure. Peers that said they are full stay out.
+        try:
+            return plan_chain(
+                spans, lo, hi, model=model, latency=self.latency, avoid=passed_over, minimum=minimum
+            )
+        except NoChain:
+            raise explained from None
 
 
 def is_capacity(exc: BaseException | None) -> bool:
@@ -254,6 +347,16 @@ class _Hop:
     span: SpanInfo
     stream: Stream
     history: list[dict[str, Any]] = field(default_factory=list)
+    #: The session's push id (SPEC.md §13.9), or None for a relayed session.
+    push_id: bytes | None = None
+    #: Moving average of the seconds from its input to its answer, for one-token steps.
+    step_time: float | None = None
+    #: A health ping between steps went unanswered: replace it before the next step.
+    suspect: BaseException | None = None
+
+    def target(self) -> dict[str, Any]:
+        assert self.push_id is not None
+        return PushTarget(self.span.address, self.push_id).to_wire()
 
 
 class RemoteChain:
@@ -264,11 +367,17 @@ class RemoteChain:
         model: the model's name on the wire.
         num_blocks: how many blocks the model has.
         max_length: session length when ``reset`` names none.
-        step_timeout: seconds one span may take for one step.
+        step_timeout: the most seconds one span may take for one step, whatever was
+            measured. Within it, a step's deadline follows the span's measured step time
+            (``DEADLINE_FACTOR`` times it, at least ``deadline_floor``), and a span that
+            stops answering health pings is replaced after ``HUNG_AFTER`` seconds.
         max_retries: peer failures tolerated within one step.
         min_precision: plan only through spans of this precision or better (SPEC.md
             §13.8; a name of ``petalproto.core._route.PRECISIONS``), or None for any. A
             chain may mix precisions: every server converts the hidden states it gets.
+        push: have servers hand hidden states to each other (SPEC.md §13.9) instead of
+            relaying every hop through the client.
+        deadline_floor: the shortest step deadline, in seconds.
     """
 
     def __init__(
@@ -282,6 +391,8 @@ class RemoteChain:
         max_retries: int = 4,
         owns_swarm: bool = False,
         min_precision: str | None = None,
+        push: bool = True,
+        deadline_floor: float = DEADLINE_FLOOR,
     ) -> None:
         self.swarm, self.model, self.num_blocks = swarm, model, num_blocks
         self.min_precision = None if min_precision is None else parse_precision(min_precision)
@@ -289,11 +400,15 @@ class RemoteChain:
         self.default_max_length = max_length
         self._max_length = max_length
         self.step_timeout = step_timeout
+        self.deadline_floor = min(deadline_floor, step_timeout)
         self.max_retries = max_retries
+        self.push = push
         self._hops: list[_Hop] | None = None
         self._batch = 0
         #: Peers that said they are full during this session (routed around, not blamed).
         self._passed_over: set[PeerId] = set()
+        #: Pings the peers of an open session between its steps.
+        self._watch: trio.CancelScope | None = None
         #: The spans the last session used, for display.
         self.route: list[SpanInfo] = []
         #: How many replacements the chain has made, for tests and display.
@@ -333,8 +448,7 @@ class RemoteChain:
 
     def reset(self, *, max_length: int | None = None) -> None:
         if self._hops is not None:
-            self.swarm.loop.run(self._close_hops, self._hops)
-            self._hops = None
+            self.swarm.loop.run(self._close_session)
         self._passed_over.clear()
         self._max_length = self.default_max_length if max_length is None else max_length
 
@@ -350,6 +464,7 @@ class RemoteChain:
     # -- inside the loop ------------------------------------------------------------------
 
     async def _forward(self, body: dict[str, Any]) -> dict[str, Any]:
+        rows = _rows_of(body)
         for _ in range(self.max_retries + 1):
             chain = await self.swarm.plan(
                 self.model,
@@ -365,9 +480,10 @@ class RemoteChain:
                         span.address,
                         "inference.forward",
                         {**message, "model": self.model, "start": span.start, "end": span.end},
-                        timeout=self.step_timeout,
+                        timeout=self._deadline(span, None, rows),
                     )
                     message["hidden"] = reply["hidden"]
+                    self.swarm.succeeded(span.peer_id)
                 self.route = chain
                 return message["hidden"]  # type: ignore[no-any-return]
             except _PEER_FAULTS as exc:
@@ -376,25 +492,122 @@ class RemoteChain:
         raise RuntimeError("too many peer failures in one forward pass")
 
     async def _step(self, body: dict[str, Any], batch: int) -> dict[str, Any]:
+        """One step through the chain: the first span gets it from us, each next one from
+        the span before (pushed) or, when that could not push, from us; we read every
+        span's answer in chain order, which gives us each span's input for replay."""
         if self._hops is None:
             self._batch = batch
             self._hops = await self._open(0, self.num_blocks)
             self.route = [hop.span for hop in self._hops]
+            self._start_watch()
         hops, message, failures, i = self._hops, body, 0, 0
+        rows = _rows_of(body)
+        for hop in list(hops):
+            if hop.suspect is not None and hop in hops:
+                failures += 1
+                await self._replace(hops, hops.index(hop), hop.suspect)
+        delivered = False  # whether hops[i] has (or is being pushed) ``message``
         while i < len(hops):
+            hop = hops[i]
+            began = trio.current_time()
             try:
-                hidden = await self._send(hops[i], message)
+                if not delivered:
+                    await self._send_step(hops, i, message)
+                reply = await self._receive(hop, rows)
             except _PEER_FAULTS as exc:
                 self._check_caller_fault(exc)
                 failures += 1
                 if failures > self.max_retries:
                     raise
                 await self._replace(hops, i, exc)
+                delivered = False
                 continue
-            hops[i].history.append(message)
-            message = {**message, "hidden": hidden}
+            if rows == self._batch:
+                took = trio.current_time() - began
+                hop.step_time = (
+                    took
+                    if hop.step_time is None
+                    else (hop.step_time + EWMA * (took - hop.step_time))
+                )
+            hop.history.append(message)
+            message = {
+                "hidden": reply["hidden"],
+                "attention_mask": message["attention_mask"],
+                "position_ids": message["position_ids"],
+            }
+            delivered = reply.get("pushed") is True
             i += 1
+        for hop in hops:
+            if self.swarm.breakers.failures(hop.span.peer_id):
+                self.swarm.succeeded(hop.span.peer_id)
         return message["hidden"]  # type: ignore[no-any-return]
+
+    async def _send_step(self, hops: list[_Hop], i: int, message: dict[str, Any]) -> None:
+        """Send ``message`` to ``hops[i]``, naming the rest of the chain to push to."""
+        rest = hops[i + 1 :]
+        if self.push and rest and all(h.push_id is not None for h in rest):
+            message = {**message, "push": [h.target() for h in rest]}
+        with trio.fail_after(self.swarm.hung_after(hops[i].span.peer_id)):
+            await hops[i].stream.send(message)
+
+    def _deadline(self, span: SpanInfo, step_time: float | None, rows: int) -> float:
+        """Seconds to wait for ``span``'s answer to a step of ``rows`` rows: a multiple of
+        what it should take (its measured step time for one-token steps, else what its
+        announced throughput implies), plus its round trip, within the floor and
+        ``step_timeout``."""
+        if step_time is None or rows != self._batch:
+            step_time = rows / span.throughput if span.throughput > 0 else 0.05 * rows
+        expected = step_time + 2 * self.swarm.latency.get(span.peer_id, 0.0)
+        return min(self.step_timeout, max(self.deadline_floor, DEADLINE_FACTOR * expected))
+
+    async def _receive(self, hop: _Hop, rows: int) -> dict[str, Any]:
+        """``hop``'s answer to the step in flight, within its deadline; meanwhile it is
+        pinged, so that a hung peer is given up after ``hung_after``, however long its
+        step may take."""
+        deadline = self._deadline(hop.span, hop.step_time, rows)
+        patience = 2 * (hop.step_time or 0.0) + 2 * self.swarm.latency.get(hop.span.peer_id, 0.0)
+        reply: Any = None
+
+        async def watch() -> None:
+            await trio.sleep(max(patience, 0.05))
+            while True:
+                await self.swarm.ping(hop.stream.peer)
+                await trio.sleep(PING_INTERVAL)
+
+        with trio.fail_after(deadline):
+            try:
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(watch)
+                    reply = await hop.stream.receive()
+                    nursery.cancel_scope.cancel()
+            except BaseExceptionGroup as group:
+                raise _first(group) from None
+        if not isinstance(reply, dict) or not isinstance(reply.get("hidden"), dict):
+            raise RpcError(ErrorCode.PROTOCOL_ERROR, "a step reply carries 'hidden'")
+        return reply
+
+    def _start_watch(self) -> None:
+        """Ping the session's peers while it is idle between steps (see ``_keep_watch``)."""
+        assert self.swarm.loop.nursery is not None
+        self._watch = trio.CancelScope()
+        self.swarm.loop.nursery.start_soon(self._keep_watch, self._watch)
+
+    async def _keep_watch(self, scope: trio.CancelScope) -> None:
+        """Health pings of the peers in use: one that does not answer is marked, and the
+        next step replaces it before sending anything there."""
+        with scope:
+            while True:
+                await trio.sleep(IDLE_PING_INTERVAL)
+                for hop in list(self._hops or ()):
+                    if hop.suspect is None:
+                        try:
+                            await self.swarm.ping(hop.stream.peer)
+                        except (
+                            PeerHung,
+                            trio.BrokenResourceError,
+                            trio.ClosedResourceError,
+                        ) as exc:
+                            hop.suspect = exc
 
     def _fault(self, peer: PeerId, exc: BaseException) -> None:
         """A peer failed us: blame it, or, when it only said it is full, pass it over for
@@ -409,49 +622,71 @@ class RemoteChain:
         if code in _CALLER_FAULTS:
             raise RpcError(code, getattr(exc, "reason", str(exc)))
 
-    async def _send(self, hop: _Hop, message: dict[str, Any]) -> dict[str, Any]:
-        with trio.fail_after(self.step_timeout):
-            await hop.stream.send(message)
-            reply = await hop.stream.receive()
-        if not isinstance(reply, dict) or not isinstance(reply.get("hidden"), dict):
-            raise RpcError(ErrorCode.PROTOCOL_ERROR, "a step reply carries 'hidden'")
-        return reply["hidden"]  # type: ignore[no-any-return]
-
     async def _open(self, lo: int, hi: int) -> list[_Hop]:
-        """Plan ``[lo, hi)`` and open a session on each span."""
+        """Plan ``[lo, hi)`` and open a session on each span, all at once, each within its
+        peer's ``hung_after``: a peer that hangs costs one such wait, then it is avoided."""
         for _ in range(self.max_retries + 1):
             chain = await self.swarm.plan(
-                self.model, lo, hi, minimum=self.min_precision, passed_over=self._passed_over
+                self.model,
+                lo,
+                hi,
+                minimum=self.min_precision,
+                passed_over=self._passed_over,
+                last_resort=True,
             )
-            hops: list[_Hop] = []
-            try:
-                for span in chain:
-                    hops.append(await self._open_one(span))
+            hops, failed = await self._open_all(chain)
+            if not failed:
                 return hops
-            except _PEER_FAULTS as exc:
+            for span, exc in failed:
                 self._check_caller_fault(exc)
-                self._fault(chain[len(hops)].peer_id, exc)
-                await self._close_hops(hops)
+                self._fault(span.peer_id, exc)
+            await self._close_hops(hops)
         raise self.swarm.explain(
             NoChain(self.model, [(lo, hi)], minimum=self.min_precision), self._passed_over
         )
 
+    async def _open_all(
+        self, chain: list[SpanInfo]
+    ) -> tuple[list[_Hop], list[tuple[SpanInfo, BaseException]]]:
+        """Open a session on every span of ``chain`` at once: the sessions opened (in chain
+        order) and the spans that failed, with why."""
+        opened: dict[int, _Hop] = {}
+        failed: list[tuple[SpanInfo, BaseException]] = []
+
+        async def one(k: int, span: SpanInfo) -> None:
+            try:
+                with trio.fail_after(self.swarm.hung_after(span.peer_id) + 1.0):
+                    opened[k] = await self._open_one(span)
+            except trio.TooSlowError:
+                failed.append((span, PeerHung("no answer while opening a session")))
+            except _PEER_FAULTS as exc:
+                failed.append((span, exc))
+
+        async with trio.open_nursery() as nursery:
+            for k, span in enumerate(chain):
+                nursery.start_soon(one, k, span)
+        return [opened[k] for k in sorted(opened)], failed
+
     async def _open_one(self, span: SpanInfo) -> _Hop:
         peer = await self.swarm.pool.get(span.address)
         stream = await peer.open_stream("inference.session")
-        await stream.send(
-            {
-                "model": self.model,
-                "start": span.start,
-                "end": span.end,
-                "batch": self._batch,
-                "max_length": self._max_length,
-            }
-        )
-        return _Hop(span, stream)
+        opening: dict[str, Any] = {
+            "model": self.model,
+            "start": span.start,
+            "end": span.end,
+            "batch": self._batch,
+            "max_length": self._max_length,
+        }
+        push_id = os.urandom(PUSH_ID_BYTES) if self.push else None
+        if push_id is not None:
+            opening["session"] = push_id
+        await stream.send(opening)
+        return _Hop(span, stream, push_id=push_id)
 
     async def _replace(self, hops: list[_Hop], i: int, exc: BaseException) -> None:
-        """Swap ``hops[i]`` for a fresh chain over its blocks and replay its history."""
+        """Swap ``hops[i]`` for a fresh chain over its blocks and replay its history: all
+        of it sent back to back, then every answer read, span after span (the same steps
+        as before, so the same numbers; one round trip per span rather than per step)."""
         failed = hops[i]
         log.warning(
             "peer %s (blocks %d:%d) failed: %r; replacing it",
@@ -464,15 +699,27 @@ class RemoteChain:
         self.swarm.forget(self.model)
         await self._close_hops([failed])
         fresh = await self._open(failed.span.start, failed.span.end)
-        for old in failed.history:
-            message = old
-            for hop in fresh:
-                hidden = await self._send(hop, message)
-                hop.history.append(message)
-                message = {**message, "hidden": hidden}
+        inputs = failed.history
+        for hop in fresh:
+            with trio.fail_after(self.swarm.hung_after(hop.span.peer_id) + 1.0):
+                for message in inputs:
+                    await hop.stream.send(message)
+            outputs = []
+            for message in inputs:
+                reply = await self._receive(hop, _rows_of(message))
+                outputs.append({**message, "hidden": reply["hidden"]})
+            hop.history = list(inputs)
+            inputs = outputs
         hops[i : i + 1] = fresh
         self.route = [hop.span for hop in hops]
         self.recoveries += 1
+
+    async def _close_session(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        hops, self._hops = self._hops, None
+        await self._close_hops(hops or [])
 
     @staticmethod
     async def _close_hops(hops: list[_Hop]) -> None:
@@ -482,3 +729,25 @@ class RemoteChain:
                     await hop.stream.end()
                 except _PEER_FAULTS:
                     pass
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error that ended a nursery of ours (its first leaf that is not a cancellation)."""
+    leaves: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        exc = pending.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            pending[:0] = list(exc.exceptions)
+        else:
+            leaves.append(exc)
+    return next((e for e in leaves if not isinstance(e, trio.Cancelled)), leaves[0])
+
+
+def _rows_of(message: dict[str, Any]) -> int:
+    """Rows of work in a step or forward message: batch times new tokens."""
+    shape = message["hidden"].get("shape") or [1, 1]
+    rows = 1
+    for size in shape[:-1]:
+        rows *= int(size)
+    return max(rows, 1)

@@ -253,7 +253,7 @@ async def _serve(args: argparse.Namespace, model_name: str, total: int) -> None:
             throughput,
         )
         server = PeerServer(span, model_name, throughput=throughput)
-        server.register(node.router)
+        server.register(node.router, pool=node.pool)
         announcing = trio.CancelScope()
 
         async def announce(task_status: trio.TaskStatus[None]) -> None:

@@ -22,10 +22,11 @@ import torch
 import trio
 
 from petalproto.core import ErrorCode
-from petalproto.net import AGENT, CallContext, Router, RpcError, Stream
+from petalproto.net import AGENT, CallContext, ConnectionPool, Router, RpcError, Stream, StreamReset
 
 from ._errors import PeerError
 from ._loop import run_in_own_thread
+from ._push import Pusher, PushInboxes, parse_push, parse_push_id
 from ._spans import SpanModel, SpanSession
 from ._tensors import tensor_from_wire, tensor_to_wire
 
@@ -110,16 +111,22 @@ class PeerServer:
         self.inline_rows = inline_rows
         self.limiter = trio.CapacityLimiter(1)
         self.sessions = 0
+        self.pool: ConnectionPool | None = None
+        self.inboxes = PushInboxes()
         #: False while the server drains before it moves its span: new sessions are refused
         #: with TOO_MANY_SESSIONS, a capacity answer that sends clients elsewhere unblamed.
         self.accepting = True
         #: Set whenever a session ends (for a server waiting for its sessions to finish).
         self.session_ended = trio.Event()
 
-    def register(self, router: Router) -> None:
+    def register(self, router: Router, pool: ConnectionPool | None = None) -> None:
+        """Serve our methods on ``router``; with ``pool``, push to other servers through it
+        (SPEC.md §13.9; without one, every ``pushed`` is false)."""
+        self.pool = pool
         router.unary("peer.info", self._handle_info)
         router.unary("inference.forward", self._handle_forward)
         router.streaming("inference.session", self._handle_session)
+        router.streaming("inference.push", self._handle_push)
 
     def info(self) -> dict[str, Any]:
         free = self.span.cache_free_bytes
@@ -186,16 +193,19 @@ class PeerServer:
         max_length = _require(opening, "max_length", int)
         if not 0 < batch <= 1024 or not 0 < max_length <= MAX_SESSION_LENGTH:
             raise RpcError(ErrorCode.BAD_REQUEST, "batch or max_length out of range")
+        push_id = opening.get("session")
+        if push_id is not None:
+            push_id = parse_push_id(push_id)
+            if push_id in self.inboxes:
+                raise RpcError(ErrorCode.BAD_REQUEST, "this push id names another session")
         session: SpanSession = await self._compute(1, self.span.open_session, batch, max_length)
         self.sessions += 1
         try:
-            async for step in stream:
-                if not isinstance(step, dict):
-                    raise RpcError(ErrorCode.BAD_REQUEST, "a step is a map")
-                hidden = _tensor(step, "hidden")
-                mask, positions = _tensor(step, "attention_mask"), _tensor(step, "position_ids")
-                out = await self._compute(_rows(hidden), session.step, hidden, mask, positions)
-                await stream.send({"hidden": tensor_to_wire(out)})
+            if push_id is None:
+                async for step in stream:
+                    await stream.send(await self._step(session, step, None))
+            else:
+                await self._pushed_session(session, stream, push_id)
         finally:
             # Free the cache before ending our direction (SPEC.md §13.5), so a client that
             # opens its next session on seeing the end finds the budget free.
@@ -203,4 +213,83 @@ class PeerServer:
             session.close()
             self.session_ended.set()
             self.session_ended = trio.Event()
+        await stream.end()
+
+    async def _pushed_session(self, session: SpanSession, stream: Stream, push_id: bytes) -> None:
+        """A session that also takes pushed steps (SPEC.md §13.9): steps from the client and
+        from the server before us, in the order they arrive, answered to the client."""
+        steps = self.inboxes.open(push_id)
+        pusher = Pusher(self.pool)
+
+        async def read_client() -> None:
+            inbox = self.inboxes.inbox(push_id)
+            try:
+                async for step in stream:
+                    await inbox.send(("client", step))
+                await inbox.send(("end", None))
+            except (StreamReset, trio.BrokenResourceError) as exc:
+                await inbox.send(("gone", exc))
+            except trio.ClosedResourceError:
+                pass
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_client)
+                async for source, step in steps:
+                    if source == "end":
+                        break
+                    if source == "gone":
+                        raise step
+                    reply = await self._step(session, step, pusher, nursery)
+                    if reply is not None:
+                        await stream.send(reply)
+                nursery.cancel_scope.cancel()
+        finally:
+            self.inboxes.close(push_id)
+            with trio.CancelScope(shield=True):
+                await pusher.aclose()
+
+    async def _step(
+        self,
+        session: SpanSession,
+        step: Any,
+        pusher: Pusher | None,
+        nursery: trio.Nursery | None = None,
+    ) -> dict[str, Any] | None:
+        """One step's answer to the client; None for a step the session has taken already
+        (a push-id session only, SPEC.md §13.9). With ``push``, the output goes on to the
+        next server first."""
+        if not isinstance(step, dict):
+            raise RpcError(ErrorCode.BAD_REQUEST, "a step is a map")
+        hidden = _tensor(step, "hidden")
+        mask, positions = _tensor(step, "attention_mask"), _tensor(step, "position_ids")
+        targets = parse_push(step) if pusher is not None else []
+        if pusher is not None and mask.dim() == 2 and mask.shape[1] <= session.length:
+            return None  # past + new <= the session's length: taken already
+        if targets and nursery is not None:
+            nursery.start_soon(pusher.prepare, targets[0])  # type: ignore[union-attr]
+        out = await self._compute(_rows(hidden), session.step, hidden, mask, positions)
+        wire = tensor_to_wire(out)
+        if not targets:
+            return {"hidden": wire}
+        assert pusher is not None
+        pushed = await pusher.send(
+            targets[0],
+            {
+                "session": targets[0].session,
+                "hidden": wire,
+                "attention_mask": step["attention_mask"],
+                "position_ids": step["position_ids"],
+                "push": [t.to_wire() for t in targets[1:]],
+            },
+        )
+        return {"hidden": wire, "pushed": pushed}
+
+    async def _handle_push(self, ctx: CallContext, stream: Stream) -> None:
+        """``inference.push`` (SPEC.md §13.9): steps for sessions of ours, from the server
+        before us on a client's chain."""
+        async for message in stream:
+            if not isinstance(message, dict):
+                raise RpcError(ErrorCode.BAD_REQUEST, "a pushed step is a map")
+            await self.inboxes.deliver(parse_push_id(message.get("session")), message)
         await stream.end()

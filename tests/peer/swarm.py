@@ -57,6 +57,7 @@ class InProcessSwarm:
 
         assert self.loop.nursery is not None
         started: Node = await self.loop.nursery.start(run)
+        server.pool = started.pool  # push to other servers (SPEC.md §13.9)
         return started.address, scope
 
     def stop(self, index: int) -> None:

@@ -189,7 +189,7 @@ def test_no_chain_names_the_peers_that_said_they_are_overloaded() -> None:
     async def discover(model: str) -> list[SpanInfo]:
         return spans
 
-    swarm = Swarm([], discover=discover)
+    swarm = Swarm([], discover=discover, probes=False)
     try:
         swarm.blame(broken.peer_id, RpcError(ErrorCode.INTERNAL_ERROR))
         with pytest.raises(NoChain) as plain:

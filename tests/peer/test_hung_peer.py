@@ -1,6 +1,7 @@
-"""A peer that hangs without closing (SIGSTOP) mid-generation costs one step deadline, set
-from ``from_pretrained``: the client replaces it with the other copy of its span, replays
-its inputs, and the tokens do not change."""
+"""A peer that hangs without closing (SIGSTOP) mid-generation costs one unanswered health
+ping (``HUNG_AFTER``), well within the step deadline set from ``from_pretrained``: the client
+replaces it with the other copy of its span, replays its inputs, and the tokens do not
+change."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from .tiny import LAYERS
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
 
-def test_a_hung_peer_is_replaced_after_the_step_deadline(
+def test_a_hung_peer_is_replaced_when_it_stops_answering_pings(
     tiny_checkpoint: Callable[[str], Path],
 ) -> None:
     path = tiny_checkpoint("llama")
@@ -31,7 +32,7 @@ def test_a_hung_peer_is_replaced_after_the_step_deadline(
     expected = local.generate(ids, **kwargs)
     with LocalSwarm(path, spans=[(0, LAYERS), (0, LAYERS)]) as swarm:
         model: Any = DistributedModelForCausalLM.from_pretrained(
-            path, initial_peers=[swarm.dht], step_timeout=1.0, max_retries=2
+            path, initial_peers=[swarm.dht], step_timeout=30.0, max_retries=2
         )
         chain = model.chain
         paused: list[Any] = []
@@ -53,7 +54,7 @@ def test_a_hung_peer_is_replaced_after_the_step_deadline(
             assert chain.recoveries == 1
             assert [s.address for s in chain.route] != paused
             assert paused[0].peer_id in chain.swarm.avoided()
-            assert "TooSlowError" in chain.swarm.failures[paused[0].peer_id][1]
+            assert "PeerHung" in chain.swarm.failures[paused[0].peer_id][1]
         finally:
             model.close()
             if paused:

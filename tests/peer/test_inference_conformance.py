@@ -119,7 +119,7 @@ class BrokenServer(PeerServer):
         self.faults = faults
         self._cache: tuple[SpanSession, int] | None = None
 
-    def register(self, router: Any) -> None:
+    def register(self, router: Any, pool: Any = None) -> None:
         router.unary("peer.info", self._guard(self._info))
         router.unary("inference.forward", self._guard(self._forward))
         router.streaming("inference.session", self._guard(self._session))
@@ -299,6 +299,7 @@ async def _start(
     server.register(node.router)
     assert swarm.loop.nursery is not None
     started: Node = await swarm.loop.nursery.start(node.run)
+    server.pool = started.pool  # push to other servers (SPEC.md §13.9)
     dht = DhtService.for_node(started)
     await swarm.loop.nursery.start(dht.run)
     info = {**server.info(), **(announced or {})}
