@@ -3,8 +3,8 @@
 A server publishes one dictionary record under ``spans_key(model)``, its peer id as the
 sub-key, so that every server of a model announces under the same key and none can
 overwrite another.  The record is short-lived and refreshed, so that its numbers (free cache,
-throughput) stay current and a server that vanished drops out within minutes; a clean
-shutdown withdraws it at once by publishing ``nil`` with a higher sequence number.
+throughput, open sessions) stay current and a server that vanished drops out within minutes;
+a clean shutdown withdraws it at once by publishing ``nil`` with a higher sequence number.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ __all__ = [
     "ANNOUNCE_INTERVAL",
     "SPANS_PREFIX",
     "quantization_of",
+    "sessions_of",
     "spans_from_records",
     "spans_key",
 ]
@@ -63,6 +64,9 @@ def announcement(
         "cache_tokens_free": info.get("cache_tokens_free"),
         "dtype": str(info.get("dtype", "")),
         "quantization": info.get("quantization"),
+        # Load, for the clients' planners (§13.6): open sessions and the most it takes.
+        "sessions": int(info.get("sessions") or 0),
+        "max_sessions": _int_or_none(info.get("max_sessions")),
     }
     return make_dictionary_record(
         identity, spans_key(model), value, seq=_seq(), expires=int(time.time()) + lifetime
@@ -96,6 +100,8 @@ def spans_from_records(records: list[Record], model: str) -> list[SpanInfo]:
                     cache_tokens_free=value.get("cache_tokens_free"),
                     dtype=str(value.get("dtype", "")),
                     quantization=quantization_of(value.get("quantization")),
+                    sessions=sessions_of(value.get("sessions")) or 0,
+                    max_sessions=sessions_of(value.get("max_sessions")),
                 )
             )
         except (KeyError, TypeError, ValueError):
@@ -108,6 +114,18 @@ def quantization_of(value: Any) -> str | None:
     if value is not None and not isinstance(value, str):
         raise TypeError("quantization must be text or nil")
     return value
+
+
+def sessions_of(value: Any) -> int | None:
+    """SPEC.md §13.7: a session count, or None when the value is missing or malformed (a
+    reader ignores a bad ``sessions`` or ``max_sessions`` rather than the announcement)."""
+    if type(value) is not int or value < 0:
+        return None
+    return value
+
+
+def _int_or_none(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 async def keep_announced(

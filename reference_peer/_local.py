@@ -111,6 +111,8 @@ class _ChainClient:
         min_precision: str | None = None,
         step_timeout: float | None = None,
         max_retries: int | None = None,
+        deadline_floor: float | None = None,
+        push: bool | None = None,
     ) -> Self:
         """Load the client's part of a checkpoint (embeddings; for a causal LM also the final
         norm and head; for an encoder its pooler) and attach a chain.
@@ -130,6 +132,13 @@ class _ChainClient:
                 before the client replaces it (default 60).
             max_retries: with ``initial_peers``, peer failures tolerated within one step
                 (default 4).
+            deadline_floor: with ``initial_peers``, the shortest step deadline in seconds
+                (default 3). Within ``step_timeout``, a step's deadline is ten times the
+                span's measured step time plus its round trip, and a span that does not
+                answer health pings for ``max(0.75 s, 4 round trips)`` is replaced sooner.
+            push: with ``initial_peers``, whether servers hand hidden states straight to
+                the next server of the chain (SPEC.md §13.9; default True) rather than
+                back through the client.
 
         Returns:
             The model, in eval mode. ``close()`` releases its chain (and swarm).
@@ -153,6 +162,8 @@ class _ChainClient:
                 "min_precision": min_precision,
                 "step_timeout": step_timeout,
                 "max_retries": max_retries,
+                "deadline_floor": deadline_floor,
+                "push": push,
             },
         )
         assert isinstance(model, cls)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -121,7 +122,7 @@ class Swarm:
         #: Measured round trips (moving averages of pings), in seconds.
         self.latency: dict[PeerId, float] = {}
         self._measured: dict[PeerId, float] = {}
-        self.breakers: Breakers[PeerId] = Breakers(base=BACKOFF, cap=BACKOFF_CAP)
+        self.breakers: Breakers[PeerId] = Breakers(base=BACKOFF, cap=BACKOFF_CAP, rng=random.random)
         #: The last error of each peer that failed us, and when (for NoChain's message).
         self.failures: dict[PeerId, tuple[float, str]] = {}
         self._seen: dict[str, tuple[float, list[SpanInfo]]] = {}
@@ -328,6 +329,8 @@ def _describe(exc: BaseException | None) -> str:
 
 
 def span_from_info(address: Address, info: dict[str, Any]) -> SpanInfo:
+    from ._announce import sessions_of  # malformed load counts read as unknown (§13.7)
+
     return SpanInfo(
         address=address,
         model=str(info["model"]),
@@ -337,6 +340,8 @@ def span_from_info(address: Address, info: dict[str, Any]) -> SpanInfo:
         cache_tokens_free=info.get("cache_tokens_free"),
         dtype=str(info.get("dtype", "")),
         quantization=quantization_of(info.get("quantization")),
+        sessions=sessions_of(info.get("sessions")) or 0,
+        max_sessions=sessions_of(info.get("max_sessions")),
     )
 
 
@@ -413,6 +418,10 @@ class RemoteChain:
         self.route: list[SpanInfo] = []
         #: How many replacements the chain has made, for tests and display.
         self.recoveries = 0
+        #: Hops whose input a server pushed (SPEC.md §13.9), and hops we sent ourselves
+        #: (the first span of every step included), for tests and display.
+        self.pushed_hops = 0
+        self.relayed_hops = 0
 
     # -- the Chain protocol (synchronous) -----------------------------------------------
 
@@ -511,7 +520,10 @@ class RemoteChain:
             hop = hops[i]
             began = trio.current_time()
             try:
-                if not delivered:
+                if delivered:
+                    self.pushed_hops += 1
+                else:
+                    self.relayed_hops += 1
                     await self._send_step(hops, i, message)
                 reply = await self._receive(hop, rows)
             except _PEER_FAULTS as exc:

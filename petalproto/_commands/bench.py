@@ -1,8 +1,8 @@
 """``petal bench KIND``: JSON figures, as ratios against a baseline taken in the same run.
 
-``transport`` and ``dht`` are ours; a package above registers more kinds in the entry-point
-group ``petal.bench`` (the reference peer adds ``swarm``): NAME = a module with ``HELP``,
-``add_arguments(parser)`` (optional) and ``bench(args)`` returning the JSON figures.
+``transport``, ``dht`` and ``route`` are ours; a package above registers more kinds in the
+entry-point group ``petal.bench`` (the reference peer adds ``swarm``): NAME = a module with
+``HELP``, ``add_arguments(parser)`` (optional) and ``bench(args)`` returning the JSON figures.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from ._common import positive_int
 
 #: The one-line help of ``petal bench``.
-HELP = "measure transport, DHT and swarm performance (JSON)"
+HELP = "measure transport, DHT, routing and swarm performance (JSON)"
 #: The entry-point group of the kinds other packages add.
 GROUP = "petal.bench"
 
@@ -42,13 +42,28 @@ def _dht_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--lookups", type=positive_int(), default=None, help="dht: lookups per scenario"
     )
-    parser.add_argument("--seed", type=int, default=0, help="dht: simulation seed")
+    # Shared with ``route`` (one parser holds every kind's options): defined here only.
+    parser.add_argument("--seed", type=int, default=0, help="dht, route: random seed")
+
+
+def _route(args: argparse.Namespace) -> Any:
+    from petalproto._bench_route import run
+
+    return run(servers=args.servers, blocks=args.blocks, plans=args.plans, seed=args.seed)
+
+
+def _route_arguments(parser: argparse.ArgumentParser) -> None:
+    # ``--seed`` comes from ``_dht_arguments``.
+    parser.add_argument("--servers", type=positive_int(), default=1000, help="route: servers")
+    parser.add_argument("--blocks", type=positive_int(), default=100, help="route: model blocks")
+    parser.add_argument("--plans", type=positive_int(), default=200, help="route: plans to time")
 
 
 # kind -> (help, add_arguments, bench)
 _OWN = {
     "transport": ("handshake time and encrypted throughput", None, _transport),
     "dht": ("10,000-node DHT lookup simulation", _dht_arguments, _dht),
+    "route": ("chain planning over 1,000 servers x 100 blocks", _route_arguments, _route),
 }
 
 

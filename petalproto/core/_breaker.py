@@ -15,7 +15,6 @@ pass its own random source, so tests are deterministic.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from enum import Enum
@@ -45,7 +44,8 @@ class Breakers(Generic[K]):
         base: seconds a peer is avoided after its first failure.
         cap: the longest backoff, in seconds.
         jitter: relative spread of each backoff, in ``[0, 1)``.
-        rng: a source of floats in ``[0, 1)`` (``random.random`` by default).
+        rng: a source of floats in ``[0, 1)``, drawn once per failure for the jitter (the
+            caller's: the core draws no randomness; without one, no jitter).
     """
 
     def __init__(
@@ -54,12 +54,12 @@ class Breakers(Generic[K]):
         base: float = 10.0,
         cap: float = 600.0,
         jitter: float = 0.25,
-        rng: Callable[[], float] = random.random,
+        rng: Callable[[], float] | None = None,
     ) -> None:
         if not 0 < base <= cap or not 0 <= jitter < 1:
             raise ValueError("need 0 < base <= cap and 0 <= jitter < 1")
         self.base, self.cap, self.jitter = base, cap, jitter
-        self._rng = rng
+        self._rng = rng or (lambda: 0.5)
         self._entries: dict[K, _Entry] = {}
 
     def failure(self, key: K, now: float) -> float:

@@ -29,6 +29,7 @@ from petalproto.net import CallContext, DhtService, Node, RpcError, Stream
 from reference_peer import SpanModel
 from reference_peer._announce import announcement
 from reference_peer._errors import BadTensor
+from reference_peer._push import Pusher, PushInboxes, parse_push, parse_push_id
 from reference_peer._server import MAX_TENSOR_BYTES, PeerServer, _rows
 from reference_peer._spans import SpanSession
 from reference_peer._tensors import DTYPES, tensor_from_wire, tensor_to_wire
@@ -74,6 +75,13 @@ class Faults:
     free_on_end: bool = True
     every_code: ErrorCode | None = None  # refuses everything with this code
     close_on_error: bool = False  # closes the connection instead of RESET
+    # Push (SPEC.md §13.9)
+    take_pushed_steps: bool = True  # reads inference.push messages but drops them
+    unknown_push_code: ErrorCode = ErrorCode.UNKNOWN_SESSION  # for a push id nobody holds
+    check_push_message: bool = True  # a push message's session must be 16 bytes
+    check_held_push_id: bool = True  # an opening may not take a push id already held
+    claim_pushed: bool = False  # answers pushed true without pushing
+    discard_repeats: bool = True  # a step the session has taken is not answered again
 
 
 # The broken server ---------------------------------------------------------------------------
@@ -118,11 +126,13 @@ class BrokenServer(PeerServer):
         super().__init__(span, "tiny", throughput=100.0)
         self.faults = faults
         self._cache: tuple[SpanSession, int] | None = None
+        self.push_inboxes = PushInboxes()
 
     def register(self, router: Any, pool: Any = None) -> None:
         router.unary("peer.info", self._guard(self._info))
         router.unary("inference.forward", self._guard(self._forward))
         router.streaming("inference.session", self._guard(self._session))
+        router.streaming("inference.push", self._guard(self._push))
 
     def _guard(self, handler: Callable[[CallContext, Any], Awaitable[Any]]) -> Any:
         async def run(ctx: CallContext, arg: Any) -> Any:
@@ -235,13 +245,21 @@ class BrokenServer(PeerServer):
         except trio.EndOfChannel:
             return
         batch, max_length = self._opening(opening)
+        push_id = opening.get("session") if isinstance(opening, dict) else None
+        if push_id is not None:
+            push_id = parse_push_id(push_id)
+            if push_id in self.push_inboxes and self.faults.check_held_push_id:
+                raise RpcError(ErrorCode.BAD_REQUEST, "push id held")
         session: SpanSession = await self._compute(1, self.span.open_session, batch, max_length)
         if not self.faults.enforce_max_length:
             session.max_length = 1 << 30
         self.sessions += 1
         ended = False
         try:
-            await self._steps(stream, session, batch)
+            if push_id is None:
+                await self._steps(stream, session, batch)
+            else:
+                await self._push_steps(stream, session, batch, push_id)
             ended = True
             if not self.faults.end_sessions:
                 await trio.sleep_forever()
@@ -266,6 +284,61 @@ class BrokenServer(PeerServer):
                 continue
             out = await self._compute(_rows(hidden), session.step, hidden, mask, positions)
             await stream.send({"hidden": tensor_to_wire(out)})
+
+    async def _push(self, ctx: CallContext, stream: Stream) -> None:
+        faults = self.faults
+        async for message in stream:
+            if not isinstance(message, dict):
+                raise RpcError(ErrorCode.BAD_REQUEST, "not a map")
+            raw = message.get("session")
+            if faults.check_push_message:
+                push_id = parse_push_id(raw)
+            else:
+                push_id = raw if isinstance(raw, bytes) else b""
+            if not faults.take_pushed_steps:
+                continue
+            try:
+                await self.push_inboxes.deliver(push_id, message, wait=0.5)
+            except RpcError as exc:
+                raise RpcError(faults.unknown_push_code, exc.reason) from None
+        await stream.end()
+
+    async def _push_steps(
+        self, stream: Stream, session: SpanSession, batch: int, push_id: bytes
+    ) -> None:
+        """Steps from the client and pushed ones, in arrival order, answered to the client."""
+        steps = self.push_inboxes.open(push_id)
+        inbox = self.push_inboxes.inbox(push_id)
+        pusher = Pusher(self.pool)
+
+        async def read_client() -> None:
+            with contextlib.suppress(trio.ClosedResourceError):
+                async for step in stream:
+                    await inbox.send(("client", step))
+                await inbox.send(("end", None))
+
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(read_client)
+                async for source, step in steps:
+                    if source == "end":
+                        break
+                    hidden, mask, positions = self._tensors(step, batch, session.length)
+                    if self.faults.discard_repeats and mask.shape[1] <= session.length:
+                        continue
+                    targets = parse_push(step)
+                    out = await self._compute(_rows(hidden), session.step, hidden, mask, positions)
+                    reply: dict[str, Any] = {"hidden": tensor_to_wire(out)}
+                    if targets:
+                        pushed = self.faults.claim_pushed or await pusher.send(
+                            targets[0], {**step, "session": targets[0].session, **reply}
+                        )
+                        reply["pushed"] = pushed
+                    await stream.send(reply)
+                nursery.cancel_scope.cancel()
+        finally:
+            self.push_inboxes.close(push_id)
+            await pusher.aclose()
 
 
 # Starting servers ----------------------------------------------------------------------------
@@ -389,6 +462,12 @@ BREAKERS: dict[str, Faults] = {
     **_span_of("13.4", 3, 5, Faults(missing_tensor_is_bad_request=True)),
     "13.8/1": Faults(info_changes={"quantization": "int4"}),
     "13.8/2": Faults(announced_changes={"quantization": "nf4"}),
+    "13.9/1": Faults(take_pushed_steps=False),
+    "13.9/2": Faults(unknown_push_code=ErrorCode.BAD_REQUEST),
+    "13.9/3": Faults(check_push_message=False),
+    "13.9/4": Faults(check_held_push_id=False),
+    "13.9/5": Faults(claim_pushed=True),
+    "13.9/6": Faults(discard_repeats=False),
 }
 
 
