@@ -193,6 +193,14 @@ class LocalSwarm:
         self.servers.append((proc.address, (start, end)))
         return proc.address
 
+    def restart(self, address: Address) -> Address:
+        """Kill the peer at ``address`` and start a new one on the same blocks (a crash and
+        an operator's restart: a new port, a new identity); returns the new address."""
+        span = next(span for a, span in self.servers if a == address)
+        self.kill(address)
+        self.servers = [(a, s) for a, s in self.servers if a != address]
+        return self.add_peer(*span)
+
     def stall(self, address: Address) -> None:
         """Hold every byte to and from the process at ``address`` (behind its proxy, so
         only with ``delay_ms``) until ``resume``; its connections stay open."""

@@ -24,6 +24,7 @@ import trio
 from petalproto.core import Address, ErrorCode, Identity, PeerId
 from petalproto.core._breaker import Breakers
 from petalproto.core._route import NoChain, SpanInfo, parse_precision, plan_chain
+from petalproto.core.dht import DhtConfig
 from petalproto.net import ConnectionPool, DhtService, RpcError, Stream, StreamReset
 
 from ._announce import quantization_of, spans_from_records, spans_key
@@ -87,6 +88,9 @@ EWMA = 0.3
 STEP_BYTES = 4 << 20
 #: Seconds a discovery result is reused before the DHT is asked again.
 DISCOVERY_TTL = 5.0
+#: Seconds a DHT lookup of ours waits for one node's answer before going on without it
+#: (the DHT's default is 2 s, which a hung node would add to every lookup).
+DHT_REQUEST_TIMEOUT = HUNG_AFTER
 
 Discover = Callable[[str], Awaitable[list[SpanInfo]]]
 
@@ -137,7 +141,12 @@ class Swarm:
     async def _join(self, timeout: float) -> None:
         assert self.loop.nursery is not None
         self.dht = DhtService(
-            self.pool, self.identity, router=None, listen=None, initial_peers=self.initial_peers
+            self.pool,
+            self.identity,
+            router=None,
+            listen=None,
+            initial_peers=self.initial_peers,
+            config=DhtConfig(request_timeout=DHT_REQUEST_TIMEOUT),
         )
         with trio.move_on_after(timeout) as scope:
             await self.loop.nursery.start(self.dht.run)
@@ -638,14 +647,13 @@ class RemoteChain:
         """Plan ``[lo, hi)`` and open a session on each span, all at once, each within its
         peer's ``hung_after``: a peer that hangs costs one such wait, then it is avoided."""
         for _ in range(self.max_retries + 1):
-            chain = await self.swarm.plan(
-                self.model,
-                lo,
-                hi,
-                minimum=self.min_precision,
-                passed_over=self._passed_over,
-                last_resort=True,
-            )
+            try:
+                chain = await self._plan(lo, hi)
+            except NoChain:
+                # What we knew of the swarm (up to DISCOVERY_TTL old) has no chain left:
+                # ask the DHT again, which may know of peers that started since.
+                self.swarm.forget(self.model)
+                chain = await self._plan(lo, hi)
             hops, failed = await self._open_all(chain)
             if not failed:
                 return hops
@@ -653,8 +661,19 @@ class RemoteChain:
                 self._check_caller_fault(exc)
                 self._fault(span.peer_id, exc)
             await self._close_hops(hops)
+            self.swarm.forget(self.model)
         raise self.swarm.explain(
             NoChain(self.model, [(lo, hi)], minimum=self.min_precision), self._passed_over
+        )
+
+    async def _plan(self, lo: int, hi: int) -> list[SpanInfo]:
+        return await self.swarm.plan(
+            self.model,
+            lo,
+            hi,
+            minimum=self.min_precision,
+            passed_over=self._passed_over,
+            last_resort=True,
         )
 
     async def _open_all(
@@ -708,7 +727,6 @@ class RemoteChain:
             exc,
         )
         self._fault(failed.span.peer_id, exc)
-        self.swarm.forget(self.model)
         await self._close_hops([failed])
         fresh = await self._open(failed.span.start, failed.span.end)
         inputs = failed.history
