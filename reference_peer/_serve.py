@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import signal
 import sys
@@ -196,19 +197,55 @@ def _num_blocks(model: str) -> int:
         ) from None
 
 
+def _announcements(
+    nursery: trio.Nursery,
+    args: argparse.Namespace,
+    *,
+    dht: Any,
+    identity: Any,
+    server: Any,
+    address: Any,
+) -> Any:
+    """The task that keeps ``server`` announced, which a move stops and starts again."""
+    from ._announce import ANNOUNCE_INTERVAL, ANNOUNCE_LIFETIME, keep_announced, withdraw
+    from ._rebalance import Announcements
+
+    lifetime = args.announce_lifetime or ANNOUNCE_LIFETIME
+    keep = functools.partial(
+        keep_announced,
+        dht,
+        identity,
+        server,
+        address,
+        interval=args.announce_interval or ANNOUNCE_INTERVAL,
+        lifetime=lifetime,
+    )
+    return Announcements(
+        nursery, keep, functools.partial(withdraw, dht, identity, server.model, lifetime=lifetime)
+    )
+
+
+async def _rebalance(scope: trio.CancelScope, args: argparse.Namespace, keep: Any) -> None:
+    """Run ``keep`` (``keep_balanced`` with its arguments bound) every ``--rebalance-period``
+    seconds; by default only a server that chose its own blocks moves them."""
+    from ._rebalance import REBALANCE_PERIOD
+
+    period = args.rebalance_period
+    if period is None:
+        period = 0.0 if args.blocks else REBALANCE_PERIOD
+    if period > 0:
+        log.info("checking the swarm's balance about every %.0f s", period)
+        with scope:
+            await keep(period=period)
+
+
 async def _serve(args: argparse.Namespace, model_name: str, total: int) -> None:
     from petalproto.core._route import choose_blocks
     from petalproto.net import DhtService
 
-    from ._announce import (
-        ANNOUNCE_INTERVAL,
-        ANNOUNCE_LIFETIME,
-        keep_announced,
-        spans_from_records,
-        spans_key,
-        withdraw,
-    )
+    from ._announce import spans_from_records, spans_key
     from ._loop import run_in_own_thread
+    from ._rebalance import keep_balanced
     from ._server import PeerServer, measure_throughput
 
     identity = load_identity(args.identity)
@@ -232,11 +269,14 @@ async def _serve(args: argparse.Namespace, model_name: str, total: int) -> None:
         plan = _plan(args)
         args.quantization, args.count = plan.quantization, plan.count
         log.info("precision and size: %s", plan.why)
+
+        async def read_spans() -> list[Any]:
+            return spans_from_records(await dht.get(spans_key(model_name)), model_name)
+
         if args.blocks:
             start, end = args.blocks
         else:
-            known = spans_from_records(await dht.get(spans_key(model_name)), model_name)
-            start, end = choose_blocks(known, total, args.count)
+            start, end = choose_blocks(await read_spans(), total, args.count)
         started = time.perf_counter()
         with _progress(not args.no_progress, 2) as bar:
             span = await run_in_own_thread(_load_span_or_fail, args, start, end)
@@ -254,32 +294,30 @@ async def _serve(args: argparse.Namespace, model_name: str, total: int) -> None:
         )
         server = PeerServer(span, model_name, throughput=throughput)
         server.register(node.router, pool=node.pool)
-        announcing = trio.CancelScope()
-
-        async def announce(task_status: trio.TaskStatus[None]) -> None:
-            with announcing:
-                await keep_announced(
-                    dht,
-                    identity,
-                    server,
-                    node.address,
-                    interval=args.announce_interval or ANNOUNCE_INTERVAL,
-                    lifetime=args.announce_lifetime or ANNOUNCE_LIFETIME,
-                    task_status=task_status,
-                )
-
-        await nursery.start(announce)
+        announcements = _announcements(
+            nursery, args, dht=dht, identity=identity, server=server, address=node.address
+        )
+        await announcements.start()
+        rebalancing = trio.CancelScope()
+        keep = functools.partial(
+            keep_balanced,
+            server,
+            node.address,
+            total=total,
+            read_spans=read_spans,
+            announcements=announcements,
+            load=functools.partial(load_span, args),
+        )
+        nursery.start_soon(_rebalance, rebalancing, args, keep)
         print_first_line(str(node.address))
         if args.address_file:
             write_atomic(Path(args.address_file), f"{node.address}\n".encode())
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _ in signals:
                 break
-        # Withdraw while the DHT still runs, then stop everything.
-        announcing.cancel()
-        await withdraw(
-            dht, identity, model_name, lifetime=args.announce_lifetime or ANNOUNCE_LIFETIME
-        )
+        # No move from now on; withdraw while the DHT still runs, then stop everything.
+        rebalancing.cancel()
+        await announcements.close()
         nursery.cancel_scope.cancel()
 
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 import re
 
-from petalproto._commands._common import add_node_arguments, model_dir, positive_int
+from petalproto._commands._common import (
+    add_node_arguments,
+    bounded_float,
+    model_dir,
+    positive_int,
+)
 
 from . import prepare_torch
 
@@ -120,6 +125,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=65536,
         metavar="N",
         help="attention-cache budget, in tokens of one sequence (at least 1)",
+    )
+    parser.add_argument(
+        "--rebalance-period",
+        type=bounded_float(0.0),
+        default=None,
+        metavar="SECONDS",
+        help="check the swarm about every SECONDS (jittered) and move to other blocks, after "
+        "the open sessions end (or a minute passes), when that raises the swarm's slowest "
+        "block's throughput by over a third or covers blocks nobody serves; 0 never moves. "
+        "Default: 120 with --num-blocks, 0 with --blocks",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     # For tests: refresh and expire the announcement within seconds rather than minutes.
