@@ -75,7 +75,13 @@ def limits(local_ms: float, hops: int, delay_ms: float) -> dict[str, float]:
     }
 
 
-def run(peers: int = 3, tokens: int = 48, rounds: int = 5, delay_ms: float = 0.0) -> dict[str, Any]:
+def run(
+    peers: int = 3,
+    tokens: int = 48,
+    rounds: int = 5,
+    delay_ms: float = 0.0,
+    busy_poll: bool = False,
+) -> dict[str, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from . import DistributedModelForCausalLM
@@ -86,7 +92,10 @@ def run(peers: int = 3, tokens: int = 48, rounds: int = 5, delay_ms: float = 0.0
     local: Any = AutoModelForCausalLM.from_pretrained(path)
     local.eval()
     start = time.perf_counter()
-    with LocalSwarm(path, peers=peers, one_by_one=True, delay_ms=delay_ms) as swarm:
+    extra = ["--busy-poll"] if busy_poll else []
+    with LocalSwarm(
+        path, peers=peers, one_by_one=True, delay_ms=delay_ms, extra_serve_args=extra
+    ) as swarm:
         started = time.perf_counter() - start
         model = DistributedModelForCausalLM.from_pretrained(path, initial_peers=[swarm.dht])
         timings: dict[str, list[tuple[float, float]]] = {"local": [], "swarm": []}
@@ -120,6 +129,7 @@ def run(peers: int = 3, tokens: int = 48, rounds: int = 5, delay_ms: float = 0.0
         }
     return {
         "peers": peers,
+        "busy_poll": busy_poll,
         "tokens": tokens,
         "rounds": rounds,
         "prompt_tokens": int(ids.shape[1]),

@@ -632,7 +632,13 @@ class RemoteChain:
 
     def _fault(self, peer: PeerId, exc: BaseException) -> None:
         """A peer failed us: blame it, or, when it only said it is full, pass it over for
-        the rest of this session (SPEC.md §10.6) without backing it off."""
+        the rest of this session (SPEC.md §10.6) without backing it off. A WRONG_SPAN says
+        our view of the swarm is stale (the peer moved, SPEC.md §13.10): look again."""
+        if getattr(exc, "code", None) == ErrorCode.WRONG_SPAN:
+            self.swarm.failures[peer] = (time.monotonic(), _describe(exc))
+            self.swarm.forget(self.model)
+            self._passed_over.add(peer)
+            return
         self.swarm.blame(peer, exc)
         if is_capacity(exc):
             self._passed_over.add(peer)

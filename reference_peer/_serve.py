@@ -309,6 +309,10 @@ async def _serve(args: argparse.Namespace, model_name: str, total: int) -> None:
             load=functools.partial(load_span, args),
         )
         nursery.start_soon(_rebalance, rebalancing, args, keep)
+        if args.busy_poll:
+            from ._warm import keep_warm
+
+            nursery.start_soon(keep_warm, server)
         print_first_line(str(node.address))
         if args.address_file:
             write_atomic(Path(args.address_file), f"{node.address}\n".encode())

@@ -23,6 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="swarm: delay every link by D ms one way (an emulated WAN: a delay proxy in "
         "front of every process)",
     )
+    parser.add_argument(
+        "--busy-poll",
+        action="store_true",
+        help="swarm: run the peers with --busy-poll (cores kept busy between steps)",
+    )
     add_tokens_argument(parser)
 
 
@@ -30,7 +35,11 @@ def bench(args: argparse.Namespace) -> dict[str, Any]:
     prepare_torch()
     from .._bench_swarm import run
 
-    kwargs: dict[str, Any] = {"peers": args.peers, "delay_ms": args.delay_ms}
+    kwargs: dict[str, Any] = {
+        "peers": args.peers,
+        "delay_ms": args.delay_ms,
+        "busy_poll": args.busy_poll,
+    }
     if args.tokens:
         kwargs["tokens"] = args.tokens
     return run(**kwargs)

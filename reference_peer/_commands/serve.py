@@ -136,6 +136,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "block's throughput by over a third or covers blocks nobody serves; 0 never moves. "
         "Default: 120 with --num-blocks, 0 with --blocks",
     )
+    parser.add_argument(
+        "--busy-poll",
+        action="store_true",
+        help="while sessions are open, keep the host's cores busy with idle-priority spinners "
+        "(SCHED_IDLE: they never take time from real work), so that cores that slow down "
+        "when idle compute the next step at full speed; costs power, for CPU hosts",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     # For tests: refresh and expire the announcement within seconds rather than minutes.
     parser.add_argument("--announce-interval", type=float, default=None, help=argparse.SUPPRESS)
