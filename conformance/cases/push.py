@@ -105,6 +105,16 @@ async def _push_refused(ctx: CaseContext, client: InferenceClient, stream: int) 
     return None
 
 
+async def _push_reset(
+    ctx: CaseContext, client: InferenceClient, message: dict[str, Any], code: ErrorCode
+) -> Outcome:
+    """``message`` alone on an ``inference.push`` stream must be reset with ``code``."""
+    reply = await client.receive(await client.open_stream(PUSH, message, end=True))
+    if reply.kind == "reset" and reply.code == ErrorCode.UNKNOWN_METHOD:
+        return ctx.unimplemented("the target does not serve inference.push (UNKNOWN_METHOD)")
+    return await expect_reset(ctx, client, reply, code)
+
+
 @inference_case(
     "13.9/1",
     description="an opening with a push id, then a step of 3 tokens on an inference.push "
@@ -147,10 +157,7 @@ async def pushed_step_answered(ctx: CaseContext, client: InferenceClient) -> Out
 )
 async def unknown_session(ctx: CaseContext, client: InferenceClient) -> Outcome:
     message = _pushed(_push_id(), step_body(client.target, new=1))
-    reply = await client.receive(await client.open_stream(PUSH, message, end=True))
-    if reply.kind == "reset" and reply.code == ErrorCode.UNKNOWN_METHOD:
-        return ctx.unimplemented("the target does not serve inference.push (UNKNOWN_METHOD)")
-    return await expect_reset(ctx, client, reply, ErrorCode.UNKNOWN_SESSION)
+    return await _push_reset(ctx, client, message, ErrorCode.UNKNOWN_SESSION)
 
 
 @inference_case(
@@ -161,10 +168,7 @@ async def unknown_session(ctx: CaseContext, client: InferenceClient) -> Outcome:
 )
 async def malformed_push(ctx: CaseContext, client: InferenceClient) -> Outcome:
     message = {**step_body(client.target, new=1), "session": b"abc"}
-    reply = await client.receive(await client.open_stream(PUSH, message, end=True))
-    if reply.kind == "reset" and reply.code == ErrorCode.UNKNOWN_METHOD:
-        return ctx.unimplemented("the target does not serve inference.push (UNKNOWN_METHOD)")
-    return await expect_reset(ctx, client, reply, ErrorCode.BAD_REQUEST)
+    return await _push_reset(ctx, client, message, ErrorCode.BAD_REQUEST)
 
 
 @inference_case(

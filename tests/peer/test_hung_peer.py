@@ -11,12 +11,11 @@ from typing import Any
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 from reference_peer import DistributedModelForCausalLM
 from reference_peer._local_swarm import LocalSwarm
 
-from .tiny import LAYERS
+from .tiny import LAYERS, local_greedy
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -25,11 +24,7 @@ def test_a_hung_peer_is_replaced_when_it_stops_answering_pings(
     tiny_checkpoint: Callable[[str], Path],
 ) -> None:
     path = tiny_checkpoint("llama")
-    local: Any = AutoModelForCausalLM.from_pretrained(path)
-    local.eval()
-    ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
-    kwargs = {"max_new_tokens": 12, "min_new_tokens": 12, "do_sample": False}
-    expected = local.generate(ids, **kwargs)
+    ids, kwargs, expected = local_greedy(path, 12)
     with LocalSwarm(path, spans=[(0, LAYERS), (0, LAYERS)]) as swarm:
         model: Any = DistributedModelForCausalLM.from_pretrained(
             path, initial_peers=[swarm.dht], step_timeout=30.0, max_retries=2

@@ -19,7 +19,6 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from transformers import AutoModelForCausalLM
 
 from petalproto.core import Address, ErrorCode, Identity, encode
 from petalproto.net import RpcError
@@ -34,7 +33,7 @@ from reference_peer._push import (
 )
 from reference_peer._remote import _Hop
 
-from .tiny import LAYERS
+from .tiny import LAYERS, local_greedy
 
 _FUZZ = pathlib.Path(__file__).parents[2] / "fuzz" / "push_messages.py"
 _PEERS = [Identity.from_seed(bytes([i]) * 32).peer_id for i in range(4)]
@@ -139,11 +138,8 @@ def test_fuzz_random_bytes(data: bytes) -> None:
 @pytest.fixture(scope="module")
 def generation(tiny_checkpoint: Callable[[str], Path]) -> tuple[Path, torch.Tensor, dict[str, Any]]:
     path = tiny_checkpoint("llama")
-    local: Any = AutoModelForCausalLM.from_pretrained(path)
-    local.eval()
-    ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
-    kwargs = {"max_new_tokens": 10, "min_new_tokens": 10, "do_sample": False}
-    return path, ids, {**kwargs, "expected": local.generate(ids, **kwargs)}
+    ids, kwargs, expected = local_greedy(path, 10)
+    return path, ids, {**kwargs, "expected": expected}
 
 
 def _unreachable(hop: _Hop) -> dict[str, Any]:

@@ -27,7 +27,6 @@ from typing import Any
 import pytest
 import torch
 import trio
-from transformers import AutoModelForCausalLM
 
 from petalproto.core import Address, ErrorCode, Identity
 from petalproto.core._route import SpanInfo
@@ -40,7 +39,7 @@ from reference_peer._rebalance import Announcements, CannotLoad, keep_balanced, 
 from reference_peer._server import PeerServer
 from reference_peer._tensors import tensor_from_wire, tensor_to_wire
 
-from .tiny import HIDDEN, LAYERS
+from .tiny import HIDDEN, LAYERS, local_greedy
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
 
@@ -298,11 +297,7 @@ def test_an_idle_server_moves_to_blocks_nobody_serves(
     tiny_checkpoint: Callable[[str], Path],
 ) -> None:
     path = tiny_checkpoint("llama")
-    local: Any = AutoModelForCausalLM.from_pretrained(path)
-    local.eval()
-    ids = torch.tensor([[1, 5, 9, 13, 17, 21, 25, 29]])
-    kwargs = {"max_new_tokens": 8, "min_new_tokens": 8, "do_sample": False}
-    expected = local.generate(ids, **kwargs)
+    ids, kwargs, expected = local_greedy(path, 8)
     short = ["--announce-interval", "1", "--announce-lifetime", "3"]
     fixed = LocalSwarm(
         path, model_name="tiny", spans=[(0, HALF), (HALF, LAYERS)], extra_serve_args=short

@@ -268,3 +268,17 @@ def save_tiny(family: str, directory: Path, *, seed: int = 0) -> Path:
     model.save_pretrained(directory, max_shard_size=SHARD)
     char_tokenizer().save_pretrained(directory)
     return directory
+
+
+#: A prompt of token ids every tiny checkpoint's vocabulary holds.
+PROMPT_IDS = [1, 5, 9, 13, 17, 21, 25, 29]
+
+
+def local_greedy(path: Path, tokens: int) -> tuple[torch.Tensor, dict[str, Any], torch.Tensor]:
+    """The prompt, greedy ``generate`` arguments for exactly ``tokens`` tokens, and what
+    local transformers answers with them: what a swarm of ``path`` must give."""
+    local: Any = AutoModelForCausalLM.from_pretrained(path)
+    local.eval()
+    ids = torch.tensor([PROMPT_IDS])
+    kwargs = {"max_new_tokens": tokens, "min_new_tokens": tokens, "do_sample": False}
+    return ids, kwargs, local.generate(ids, **kwargs)
