@@ -45,6 +45,7 @@ import logging
 import math
 import statistics
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -399,12 +400,15 @@ def _figure(value: float) -> float | None:
 @contextmanager
 def _quiet_int8_cast() -> Iterator[None]:
     """Drop bitsandbytes' line, at every int8 matmul, that it casts the inputs to float16
-    (thousands of lines per prompt; the module docstring says it once)."""
+    (thousands of lines per prompt; the module docstring says it once): a log record in
+    bitsandbytes 0.50, a warning before."""
     logger = logging.getLogger(_INT8_CAST_LOGGER)
     drop = _DropInt8Cast()
     logger.addFilter(drop)
     try:
-        yield
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_INT8_CAST)
+            yield
     finally:
         logger.removeFilter(drop)
 
