@@ -11,8 +11,9 @@ checkpoint:
   ``stall_recovery_ms`` likewise (the client gives it up when health pings go unanswered).
 - **hung while opening**: one copy of the first span is SIGSTOPped while its announcement is
   still in the DHT, and a fresh client starts: ``hung_open_ttft_ms`` against ``ttft_ms``.
-- **churn**: ``generations`` generations back to back while, every ``churn_period`` seconds,
-  a peer whose span has another live copy is SIGKILLed and a new one started on its blocks;
+- **churn**: ``generations`` generations back to back while a peer whose span has another
+  live copy is SIGKILLed and a new one started on its blocks, at once and then
+  ``churn_period`` seconds after each restart;
   ``churn_completed`` of ``churn_total`` finished with the undisturbed tokens.
 
 ``normal_ms_per_token`` is the median time between tokens without faults, the baseline of
@@ -79,7 +80,9 @@ def _restarts(
 ) -> None:
     """Kill and restart peers whose span has another live copy, one at a time."""
     rng = random.Random(seed)
-    while not stop.wait(period):
+    wait = 0.0  # the first kill at once, while the first generation runs
+    while not stop.wait(wait):
+        wait = period
         spans = [span for _, span in swarm.servers]
         doubled = [a for a, span in swarm.servers if spans.count(span) > 1]
         if not doubled:
