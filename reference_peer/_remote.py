@@ -206,9 +206,10 @@ class Swarm:
 
     def blame(self, peer: PeerId, exc: BaseException | None = None) -> None:
         """Note that ``peer`` failed (with ``exc``, when known) and, unless it only said it is
-        full (``is_capacity``), put it in backoff."""
+        full (``is_capacity``) or that our view of it is stale (``is_stale``), put it in
+        backoff."""
         self.failures[peer] = (time.monotonic(), _describe(exc))
-        if not is_capacity(exc):
+        if not is_capacity(exc) and not is_stale(exc):
             self.breakers.failure(peer, time.monotonic())
 
     def succeeded(self, peer: PeerId) -> None:
@@ -326,6 +327,12 @@ def is_capacity(exc: BaseException | None) -> bool:
     OVERLOADED; a connection closed by GOAWAY OVERLOADED names the code in its text)."""
     code = getattr(exc, "code", None)
     return code in _CAPACITY or (exc is not None and "OVERLOADED" in str(exc))
+
+
+def is_stale(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is a peer saying it no longer serves what we asked for (WRONG_SPAN:
+    it moved, SPEC.md §13.10): our view of the swarm is out of date, the peer is fine."""
+    return getattr(exc, "code", None) == ErrorCode.WRONG_SPAN
 
 
 def _describe(exc: BaseException | None) -> str:
@@ -623,24 +630,17 @@ class RemoteChain:
                     if hop.suspect is None:
                         try:
                             await self.swarm.ping(hop.stream.peer)
-                        except (
-                            PeerHung,
-                            trio.BrokenResourceError,
-                            trio.ClosedResourceError,
-                        ) as exc:
+                        except _GONE as exc:
                             hop.suspect = exc
 
     def _fault(self, peer: PeerId, exc: BaseException) -> None:
         """A peer failed us: blame it, or, when it only said it is full, pass it over for
         the rest of this session (SPEC.md §10.6) without backing it off. A WRONG_SPAN says
         our view of the swarm is stale (the peer moved, SPEC.md §13.10): look again."""
-        if getattr(exc, "code", None) == ErrorCode.WRONG_SPAN:
-            self.swarm.failures[peer] = (time.monotonic(), _describe(exc))
-            self.swarm.forget(self.model)
-            self._passed_over.add(peer)
-            return
         self.swarm.blame(peer, exc)
-        if is_capacity(exc):
+        if is_stale(exc):
+            self.swarm.forget(self.model)
+        if is_capacity(exc) or is_stale(exc):
             self._passed_over.add(peer)
 
     @staticmethod

@@ -29,7 +29,7 @@ from petalproto.net import CallContext, DhtService, Node, RpcError, Stream
 from reference_peer import SpanModel
 from reference_peer._announce import announcement
 from reference_peer._errors import BadTensor
-from reference_peer._push import Pusher, PushInboxes, parse_push, parse_push_id
+from reference_peer._push import Pusher, parse_push, parse_push_id
 from reference_peer._server import MAX_TENSOR_BYTES, PeerServer, _rows
 from reference_peer._spans import SpanSession
 from reference_peer._tensors import DTYPES, tensor_from_wire, tensor_to_wire
@@ -126,7 +126,6 @@ class BrokenServer(PeerServer):
         super().__init__(span, "tiny", throughput=100.0)
         self.faults = faults
         self._cache: tuple[SpanSession, int] | None = None
-        self.push_inboxes = PushInboxes()
 
     def register(self, router: Any, pool: Any = None) -> None:
         router.unary("peer.info", self._guard(self._info))
@@ -248,7 +247,7 @@ class BrokenServer(PeerServer):
         push_id = opening.get("session") if isinstance(opening, dict) else None
         if push_id is not None:
             push_id = parse_push_id(push_id)
-            if push_id in self.push_inboxes and self.faults.check_held_push_id:
+            if push_id in self.inboxes and self.faults.check_held_push_id:
                 raise RpcError(ErrorCode.BAD_REQUEST, "push id held")
         session: SpanSession = await self._compute(1, self.span.open_session, batch, max_length)
         if not self.faults.enforce_max_length:
@@ -259,7 +258,7 @@ class BrokenServer(PeerServer):
             if push_id is None:
                 await self._steps(stream, session, batch)
             else:
-                await self._push_steps(stream, session, batch, push_id)
+                await self._pushed_session(session, stream, push_id)
             ended = True
             if not self.faults.end_sessions:
                 await trio.sleep_forever()
@@ -298,47 +297,32 @@ class BrokenServer(PeerServer):
             if not faults.take_pushed_steps:
                 continue
             try:
-                await self.push_inboxes.deliver(push_id, message, wait=0.5)
+                await self.inboxes.deliver(push_id, message, wait=0.5)
             except RpcError as exc:
                 raise RpcError(faults.unknown_push_code, exc.reason) from None
         await stream.end()
 
-    async def _push_steps(
-        self, stream: Stream, session: SpanSession, batch: int, push_id: bytes
-    ) -> None:
-        """Steps from the client and pushed ones, in arrival order, answered to the client."""
-        steps = self.push_inboxes.open(push_id)
-        inbox = self.push_inboxes.inbox(push_id)
-        pusher = Pusher(self.pool)
-
-        async def read_client() -> None:
-            with contextlib.suppress(trio.ClosedResourceError):
-                async for step in stream:
-                    await inbox.send(("client", step))
-                await inbox.send(("end", None))
-
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(read_client)
-                async for source, step in steps:
-                    if source == "end":
-                        break
-                    hidden, mask, positions = self._tensors(step, batch, session.length)
-                    if self.faults.discard_repeats and mask.shape[1] <= session.length:
-                        continue
-                    targets = parse_push(step)
-                    out = await self._compute(_rows(hidden), session.step, hidden, mask, positions)
-                    reply: dict[str, Any] = {"hidden": tensor_to_wire(out)}
-                    if targets:
-                        pushed = self.faults.claim_pushed or await pusher.send(
-                            targets[0], {**step, "session": targets[0].session, **reply}
-                        )
-                        reply["pushed"] = pushed
-                    await stream.send(reply)
-                nursery.cancel_scope.cancel()
-        finally:
-            self.push_inboxes.close(push_id)
-            await pusher.aclose()
+    async def _step(
+        self,
+        session: SpanSession,
+        step: Any,
+        pusher: Pusher | None,
+        nursery: trio.Nursery | None = None,
+    ) -> dict[str, Any] | None:
+        """A step of a push-id session (``PeerServer._pushed_session`` merges the client's
+        steps and pushed ones and calls this), with the push faults."""
+        hidden, mask, positions = self._tensors(step, session.batch, session.length)
+        if self.faults.discard_repeats and mask.shape[1] <= session.length:
+            return None
+        targets = parse_push(step)
+        out = await self._compute(_rows(hidden), session.step, hidden, mask, positions)
+        reply: dict[str, Any] = {"hidden": tensor_to_wire(out)}
+        if targets:
+            assert pusher is not None
+            reply["pushed"] = self.faults.claim_pushed or await pusher.send(
+                targets[0], {**step, "session": targets[0].session, **reply}
+            )
+        return reply
 
 
 # Starting servers ----------------------------------------------------------------------------
